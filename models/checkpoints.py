@@ -31,6 +31,27 @@ on ``encoder.*`` and ``decoder.*``; anything else (e.g. ISS's ``clip_model.*``, 
 is an unexpected key unless its prefix is passed in ``ignore_prefixes``. BatchNorm
 ``num_batches_tracked`` buffers may be absent (checkpoints from before PyTorch 0.4.1); the
 module's own values are kept then.
+
+ISS stage-1 checkpoints (Liu et al.'s ``stage1/`` code, same wrapper) are read by
+:func:`load_iss_checkpoint`; key map, ISS name -> part and iss3d name (``ISS_KEY_RULES``,
+applied after stripping ``module.``; the first matching rule decides, no match: unexpected):
+
+==========================================================  ====================================
+ISS key                                                     part: iss3d module and key
+==========================================================  ====================================
+``generator.linear_<n>.weight`` (out, in), ``.bias``        mapper: ``Mapper.linear_<n>.*``
+  (n = 1..12; the official ``generator`` module's names)      (identity)
+``generator.<i>.weight``, ``.bias``, i even (an             mapper: ``Mapper.linear_<i/2 + 1>.*``
+  ``nn.Sequential`` of Linear / LeakyReLU: Linear at          (an odd i is unexpected: LeakyReLU
+  0, 2, 4, ...)                                               has no parameters)
+``decoder.<key>`` (DVR names, h = 512)                      decoder: ``Decoder.<key>`` (as DVR)
+``encoder.<key>`` (DVR's ResNet-18 names)                   encoder: ``ResNet18Encoder.<key>``
+``clip_model.<key>`` (OpenAI CLIP ViT-B/32, mostly fp16)    clip: returned as stored, not loaded
+==========================================================  ====================================
+
+The architectures are read off the shapes (mapper widths from ``linear_<n>.weight``; decoder
+hidden size, c_dim and block count from ``fc_p``, ``fc_c`` and ``blocks``), so
+:meth:`ISSCheckpoint.build_mapper` / :meth:`ISSCheckpoint.build_decoder` need no config.
 """
 
 from __future__ import annotations
@@ -38,6 +59,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +69,18 @@ from torch import nn
 
 from data.atomic import atomic_output
 from data.errors import UserError
+from models.decoder import Decoder, DecoderConfig
+from models.mapper import Mapper, MapperConfig
 
 __all__ = [
     "DVR_KEY_RULES",
+    "ISS_KEY_RULES",
+    "ISSCheckpoint",
     "load_dvr_checkpoint",
+    "load_iss_checkpoint",
     "load_state_into",
     "map_dvr_key",
+    "map_iss_key",
     "safe_load",
     "save_dvr_checkpoint",
 ]
@@ -282,3 +310,227 @@ def save_dvr_checkpoint(
     with atomic_output(out) as tmp:
         torch.save({"model": state, **meta}, tmp)
     return out
+
+
+# -- ISS stage-1 checkpoints ------------------------------------------------------------------
+
+
+def _sequential_to_linear(m: re.Match[str]) -> str:
+    index = int(m.group(1))
+    return f"linear_{index // 2 + 1}.{m.group(2)}"
+
+
+#: (pattern, part, replacement) rules of :func:`map_iss_key`, tried in order after ``module.``
+#: stripping; the replacement is a ``re`` template or a function of the match.
+ISS_KEY_RULES: list[tuple[re.Pattern[str], str, Any]] = [
+    (re.compile(r"^generator\.linear_([1-9][0-9]*)\.(weight|bias)$"), "mapper", r"linear_\1.\2"),
+    (re.compile(r"^generator\.([0-9]*[02468])\.(weight|bias)$"), "mapper", _sequential_to_linear),
+    (re.compile(r"^decoder\.(.+)$"), "decoder", r"\1"),
+    (re.compile(r"^encoder\.(.+)$"), "encoder", r"\1"),
+    (re.compile(r"^clip_model\.(.+)$"), "clip", r"\1"),
+]
+
+_ISS_PARTS = ("mapper", "decoder", "encoder", "clip")
+_ISS_PREFIX = {"mapper": "generator.", "decoder": "decoder.", "encoder": "encoder.", "clip": ""}
+
+
+def map_iss_key(key: str) -> tuple[str, str] | None:
+    """``(part, iss3d key)`` of an ISS stage-1 state-dict key, part one of ``mapper``,
+    ``decoder``, ``encoder``, ``clip``; None for a key the map does not know."""
+    key = _strip_module(key)
+    for pattern, part, repl in ISS_KEY_RULES:
+        if pattern.match(key):
+            return part, pattern.sub(repl, key, count=1)
+    return None
+
+
+@dataclass
+class ISSCheckpoint:
+    """The parts of an ISS stage-1 checkpoint, under iss3d names (see the module docstring).
+
+    Attributes:
+        mapper, decoder, encoder, clip: state dicts (tensors as stored; ``clip`` keeps the
+            OpenAI CLIP names and dtypes, mostly fp16; ``encoder`` may be empty).
+        mapper_config: the mapper's widths, read off ``mapper``'s shapes.
+        decoder_config: the decoder's c_dim, hidden size and block count, read off ``decoder``.
+        meta: everything in the file besides ``'model'`` (``it``, ``epoch_it``, ...).
+        source: the ISS key each ``(part, iss3d key)`` came from (for error messages).
+        path: the file.
+    """
+
+    mapper: dict[str, torch.Tensor]
+    decoder: dict[str, torch.Tensor]
+    encoder: dict[str, torch.Tensor]
+    clip: dict[str, torch.Tensor]
+    mapper_config: MapperConfig
+    decoder_config: DecoderConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: dict[tuple[str, str], str] = field(default_factory=dict)
+    path: str = ""
+
+    def build_mapper(self) -> Mapper:
+        """A :class:`models.mapper.Mapper` of the checkpoint's widths, with its weights."""
+        mapper = self.mapper_config.build()
+        _load_part(mapper, self, "mapper")
+        return mapper
+
+    def build_decoder(self) -> Decoder:
+        """A :class:`models.decoder.Decoder` of the checkpoint's architecture, with its weights."""
+        decoder = self.decoder_config.build()
+        _load_part(decoder, self, "decoder")
+        return decoder
+
+
+def _load_part(module: nn.Module, ckpt: ISSCheckpoint, part: str) -> None:
+    """Check shapes naming the ISS key, then :func:`load_state_into` (missing / unexpected)."""
+    state: dict[str, Any] = getattr(ckpt, part)
+    expected = module.state_dict()
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is None or not isinstance(value, torch.Tensor):
+            continue
+        if value.shape != target.shape:
+            raw = ckpt.source.get((part, key), _ISS_PREFIX[part] + key)
+            ours = "" if raw == _ISS_PREFIX[part] + key else f" ({part} {key})"
+            raise UserError(
+                f"{ckpt.path}: shape mismatch for {raw}{ours}: checkpoint {_shape(value)} vs "
+                f"model {_shape(target)}"
+            )
+    load_state_into(module, state, ckpt.path, prefix=_ISS_PREFIX[part])
+
+
+def _model_state(obj: Any, path: str | os.PathLike) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """The state dict and the other entries of a ``{'model': state, ...}`` file (or bare dict)."""
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    if "model" in obj:
+        state = obj["model"]
+        if not isinstance(state, Mapping):
+            raise UserError(f"{path}: 'model' entry is a {type(state).__name__}, expected a dict")
+        return state, {k: _plain_meta(v) for k, v in obj.items() if k != "model"}
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    raise UserError(f"{path}: no 'model' entry (keys: {', '.join(map(str, list(obj)[:6]))})")
+
+
+def _tensor_shape(state: Mapping[str, Any], key: str, path, raw: str) -> tuple[int, ...]:
+    value = state.get(key)
+    if not isinstance(value, torch.Tensor):
+        raise UserError(f"{path}: {raw} is missing or not a tensor")
+    return tuple(value.shape)
+
+
+def _iss_mapper_config(
+    state: Mapping[str, Any], source: Mapping[tuple[str, str], str], path
+) -> MapperConfig:
+    """Mapper widths from ``linear_<n>.weight`` shapes (consecutive n from 1, chained sizes)."""
+    numbers = sorted({int(k.split(".")[0].removeprefix("linear_")) for k in state})
+    if numbers != list(range(1, len(numbers) + 1)):
+        missing = next(n for n in range(1, numbers[-1] + 1) if n not in numbers)
+        raise UserError(f"{path}: missing mapper layer generator.linear_{missing} (generator.*)")
+    in_dim, widths, fan_in = None, [], None
+    for n in numbers:
+        key = f"linear_{n}.weight"
+        raw = source.get(("mapper", key), f"generator.{key}")
+        shape = _tensor_shape(state, key, path, raw)
+        if len(shape) != 2:
+            raise UserError(f"{path}: {raw} has shape {shape}, expected (out, in)")
+        if fan_in is not None and shape[1] != fan_in:
+            raise UserError(
+                f"{path}: shape mismatch for {raw}: {shape} takes {shape[1]} inputs but the "
+                f"previous layer gives {fan_in}"
+            )
+        in_dim = shape[1] if in_dim is None else in_dim
+        widths.append(shape[0])
+        fan_in = shape[0]
+    return MapperConfig.from_widths(int(in_dim), widths)
+
+
+def _iss_decoder_config(state: Mapping[str, Any], path) -> DecoderConfig:
+    """Decoder c_dim / hidden / n_blocks from DVR-named shapes."""
+    hidden = _tensor_shape(state, "fc_p.weight", path, "decoder.fc_p.weight")[0]
+    n_blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    c_dim = 0
+    if "fc_c.0.weight" in state:
+        c_dim = _tensor_shape(state, "fc_c.0.weight", path, "decoder.fc_c.0.weight")[1]
+    out = _tensor_shape(state, "fc_out.weight", path, "decoder.fc_out.weight")
+    if out[0] != 4:
+        raise UserError(
+            f"{path}: decoder.fc_out.weight has shape {out}, expected (4, {hidden}) "
+            "(occupancy + RGB)"
+        )
+    return DecoderConfig(c_dim=c_dim, hidden=hidden, n_blocks=n_blocks)
+
+
+def load_iss_checkpoint(
+    path: str | os.PathLike,
+    mapper: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+    encoder: nn.Module | None = None,
+) -> ISSCheckpoint:
+    """Read an official ISS stage-1 checkpoint; optionally load it into given modules.
+
+    Args:
+        path: ``{'model': state_dict, 'optimizer', 'it', ...}`` (or a bare state dict) with
+            ``generator.*``, ``decoder.*``, optional ``encoder.*`` and ``clip_model.*`` keys
+            (key map in the module docstring). Read with ``weights_only=True``.
+        mapper: a :class:`models.mapper.Mapper` to fill in place (or None).
+        decoder: a :class:`models.decoder.Decoder` to fill in place (or None).
+        encoder: an encoder to fill in place (or None; the checkpoint must then have
+            ``encoder.*`` keys).
+
+    Returns:
+        An :class:`ISSCheckpoint`: the parts' state dicts, the architectures read off their
+        shapes (``build_mapper()`` / ``build_decoder()`` make fresh modules), and the meta.
+
+    Raises:
+        UserError: one line naming ``path``: missing / unreadable file, no ``'model'`` entry,
+            an unknown key (named), no ``generator.*`` or ``decoder.*`` keys, a mapper whose
+            layers do not chain, the first shape mismatch with a given module (naming the ISS
+            key), the first missing / unexpected key.
+    """
+    obj = safe_load(path, "ISS checkpoint")
+    state, meta = _model_state(obj, path)
+    parts: dict[str, dict[str, Any]] = {p: {} for p in _ISS_PARTS}
+    source: dict[tuple[str, str], str] = {}
+    for raw_key, value in state.items():
+        if not isinstance(raw_key, str):
+            raise UserError(f"{path}: non-string key {raw_key!r} in the model state dict")
+        mapped = map_iss_key(raw_key)
+        if mapped is None:
+            raise UserError(
+                f"{path}: unexpected key {raw_key!r} in ISS checkpoint (expected generator.*, "
+                "decoder.*, encoder.* and clip_model.* keys)"
+            )
+        part, key = mapped
+        if key in parts[part]:
+            raise UserError(
+                f"{path}: {raw_key!r} and {source[(part, key)]!r} are the same parameter "
+                f"({part} {key})"
+            )
+        parts[part][key] = value
+        source[(part, key)] = raw_key
+    if not parts["mapper"]:
+        raise UserError(f"{path}: no generator.* keys (the mapper): not an ISS stage-1 checkpoint")
+    if not parts["decoder"]:
+        raise UserError(f"{path}: no decoder.* keys: not an ISS stage-1 checkpoint")
+    ckpt = ISSCheckpoint(
+        mapper=parts["mapper"],
+        decoder=parts["decoder"],
+        encoder=parts["encoder"],
+        clip=parts["clip"],
+        mapper_config=_iss_mapper_config(parts["mapper"], source, path),
+        decoder_config=_iss_decoder_config(parts["decoder"], path),
+        meta=meta,
+        source=source,
+        path=str(path),
+    )
+    if mapper is not None:
+        _load_part(mapper, ckpt, "mapper")
+    if decoder is not None:
+        _load_part(decoder, ckpt, "decoder")
+    if encoder is not None:
+        if not ckpt.encoder:
+            raise UserError(f"{path}: no encoder.* keys to load into the encoder")
+        _load_part(encoder, ckpt, "encoder")
+    return ckpt
