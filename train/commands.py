@@ -41,6 +41,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(run=_fit_svr)
 
+    p = sub.add_parser(
+        "stage1",
+        help="ISS stage 1: map CLIP image features to SVR latents, fine-tune the decoder",
+        description=(
+            "Train the CLIP2Shape mapper on a trained SVR model (encoder frozen, decoder "
+            "fine-tuned with the DVR and background losses). Overrides are key.sub=value pairs, "
+            "e.g. loss.lambda_bg=0 trainer.max_steps=2000."
+        ),
+    )
+    p.add_argument("--config", required=True, help="YAML config: a path or a name: stage1/tiny")
+    p.add_argument("--svr", default=None, help="SVR checkpoint of iss3d fit svr (sets svr)")
+    p.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP spec (sets clip): clip/tiny-64, a trained CLIP checkpoint, ViT-B-32:openai",
+    )
+    p.add_argument("--data", type=Path, default=None, help="dataset .h5 (sets data.path)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default runs/stage1-<name>-<time>)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from checkpoints/last.ckpt (same config; "
+        "only trainer.max_steps may change)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(run=_fit_stage1)
+
 
 def _command_line(args: argparse.Namespace) -> str:
     parts = ["iss3d", "fit", "svr", "--config", str(args.config)]
@@ -69,6 +99,12 @@ def _fit_svr(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise UserError("--resume needs --out (the run folder to continue)")
     return fit_svr(cfg, args.out, _command_line(args), args.resume, not args.no_progress)
+
+
+def _fit_stage1(args: argparse.Namespace) -> int:
+    from train.stage1 import fit_stage1_command
+
+    return fit_stage1_command(args)
 
 
 def fit_svr(

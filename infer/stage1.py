@@ -1,0 +1,85 @@
+"""Use a stage-1 checkpoint: the mapper M and the fine-tuned decoder D (stage 2, generation)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data.errors import UserError
+from models.checkpoints import load_state_into, safe_load
+from models.decoder import Decoder, DecoderConfig
+from models.mapper import Mapper, MapperConfig
+from train.stage1 import Stage1Config
+from train.svr import SVRConfig
+
+__all__ = ["Stage1Model", "load_stage1"]
+
+
+@dataclass
+class Stage1Model:
+    """A trained mapper and decoder, in eval mode, with what is needed to use them.
+
+    Attributes:
+        mapper: M, (B, clip_embed_dim) CLIP features -> (B, c_dim) latents.
+        decoder: D after stage 1's fine-tuning (white decoder-drawn background).
+        mapper_config, decoder_config: their architectures.
+        clip_spec: the CLIP model stage 1 was trained with (``models.clip.load_clip(spec)``).
+        clip_embed_dim: its feature size (= ``mapper_config.in_dim``).
+        image_size: (H, W) of the training views, or None.
+        config: the stage-1 config; svr_config: the SVR model's config.
+    """
+
+    mapper: Mapper
+    decoder: Decoder
+    mapper_config: MapperConfig
+    decoder_config: DecoderConfig
+    clip_spec: str | None
+    clip_embed_dim: int
+    image_size: tuple[int, int] | None
+    config: Stage1Config
+    svr_config: SVRConfig
+
+    @torch.no_grad()
+    def latent(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, clip_embed_dim) CLIP features -> (B, c_dim) shape latents M(f)."""
+        return self.mapper(features)
+
+
+def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> Stage1Model:
+    """Load a checkpoint written by ``iss3d fit stage1`` (Lightning's .ckpt, weights only).
+
+    Needs nothing else: the SVR checkpoint and the dataset it names need not exist.
+
+    Raises:
+        UserError: missing / unreadable file, not a stage-1 checkpoint, bad keys or shapes.
+    """
+    path = Path(path)
+    ckpt = safe_load(path, what="stage-1 checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"{path}: not an iss3d checkpoint (no state_dict / hyper_parameters)")
+    hp = ckpt["hyper_parameters"]
+    if not all(k in hp for k in ("config", "svr_config", "clip_embed_dim")):
+        raise UserError(f"{path}: not an iss3d stage-1 checkpoint (no mapper / SVR configs)")
+    config = Stage1Config.from_dict(hp["config"])
+    svr_config = SVRConfig.from_dict(hp["svr_config"])
+    mapper, decoder = config.mapper.build(), svr_config.decoder.build()
+    state = ckpt["state_dict"]
+    for name, module in (("mapper", mapper), ("decoder", decoder)):
+        prefix = f"{name}."
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        load_state_into(module, part, path, prefix=prefix)
+    size = hp.get("image_size")
+    return Stage1Model(
+        mapper=mapper.to(device).eval(),
+        decoder=decoder.to(device).eval(),
+        mapper_config=config.mapper,
+        decoder_config=svr_config.decoder,
+        clip_spec=hp.get("clip_spec"),
+        clip_embed_dim=int(hp["clip_embed_dim"]),
+        image_size=tuple(size) if size else None,
+        config=config,
+        svr_config=svr_config,
+    )
