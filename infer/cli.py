@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from data.errors import UserError
-from infer import data_commands, svr_commands
+from infer import clip_commands, data_commands, svr_commands
 from train import commands as train_commands
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(commands)
     train_commands.register(commands)
     svr_commands.register(commands)
+    clip_commands.register(commands)
     return parser
 
 

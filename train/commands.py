@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from data.errors import UserError
+from train import clip_commands
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -70,6 +71,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(run=_fit_stage1)
+    clip_commands.register_fit(sub)
 
 
 def _command_line(args: argparse.Namespace) -> str:
