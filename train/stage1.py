@@ -39,6 +39,7 @@ the CLIP model that is everything stage 2 needs (:func:`infer.stage1.load_stage1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shlex
 import sys
@@ -190,7 +191,8 @@ def background_ray_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ISS's L_bg on sampled rays, with the renderer's decoder-drawn ("field") background.
 
-    The rays are marched without gradients; those that neither hit a surface nor start inside
+    The rays are marched without gradients (a march of its own: :func:`train.svr.svr_losses`
+    does not return its hits); those that neither hit a surface nor start inside
     show the decoder's colour at the point where they leave the padded cube, which is pushed
     towards white: mean |1 - rgb| over those rays.
 
@@ -204,7 +206,8 @@ def background_ray_loss(
         (loss, background share): the scalar loss (0 when no ray misses; a graph to the
         decoder's colour and to ``c``) and the share of background rays.
     """
-    m = march(decoder, c, origins, dirs, march_cfg)
+    # Hit or miss is known before the secant refinement, and misses need no depth.
+    m = march(decoder, c, origins, dirs, dataclasses.replace(march_cfg, n_secant=0))
     background = ~m.hit & ~m.inside_start
     exit_points = origins + m.t_far.clamp(min=0).unsqueeze(-1) * dirs
     rgb = decoder.rgb(exit_points, c)
