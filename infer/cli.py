@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from data.errors import UserError
-from infer import clip_commands, data_commands, svr_commands
+from infer import clip_commands, data_commands, generate_commands, svr_commands
 from train import commands as train_commands
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.register(commands)
     svr_commands.register(commands)
     clip_commands.register(commands)
+    generate_commands.register(commands)
     return parser
 
 

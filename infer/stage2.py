@@ -1,0 +1,304 @@
+"""ISS stage 2: fine-tune the mapper M on one prompt by CLIP consistency of rendered views.
+
+A lean PyTorch loop (no Lightning). From a stage-1 model (:func:`infer.stage1.load_stage1`):
+
+1. f_T = E_T(prompt), the stage-1 CLIP model's unit text feature. The mapper input is
+   f = f_T (ISS feeds the text feature to the image-trained mapper; stage 1's noisy inputs
+   make that work) and the target is f_T. For diversity (``diversity``) both are perturbed
+   once per sample, f~ = normalize(tau f + (1 - tau) z) with z a unit Gaussian vector:
+   tau_1 for the input (the initial shape), tau_2 for the target. The shape "before stage 2"
+   is M_stage1(f), the one after it M_tuned(f).
+2. The decoder D and every CLIP model are frozen; only M's parameters are optimised (Adam).
+3. Each step draws m cameras (:mod:`infer.view_sampling`), renders the latent c = M(f) from
+   them with the decoder-drawn ("field") background (:func:`render_views`), augments the
+   renders (:class:`infer.guidance.Augmenter`), and minimises
+   ``lambda_clip * L_C + lambda_bg * L_bg`` (:class:`infer.guidance.Guide`; L_bg = mean
+   |1 - rgb| over each view's background pixels, reduced over views like L_C).
+
+The CLIP score of a step is the mean cosine between the stage-1 CLIP embeddings of that
+step's un-augmented renders and the plain (unperturbed) text feature of the prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from data.cameras import pixel_coords, rays
+from data.errors import UserError
+from infer.guidance import Augmenter, GuidanceConfig, Guide, reduce_views
+from infer.view_sampling import CameraConfig, Views, sample_views
+from models import config as config_lib
+from models.mapper import Mapper, perturb_feature
+from models.renderer import ImplicitField, MarchConfig, Renderer, cube_interval
+
+__all__ = [
+    "DiversityConfig",
+    "RenderedViews",
+    "Stage2Config",
+    "Stage2Result",
+    "render_views",
+    "run_stage2",
+]
+
+
+@dataclass
+class DiversityConfig:
+    """Feature perturbation for diverse samples (YAML section ``stage2.diversity``).
+
+    tau_1: weight of f in the mapper input normalize(tau_1 f + (1 - tau_1) z) (1: no noise).
+    tau_2: the same for the CLIP target.
+    when: ``"samples"``: perturb only when several samples are asked for (``--samples K``,
+        K > 1; a single sample is plain ISS); ``"always"``; ``"never"``.
+    """
+
+    tau_1: float = 0.5
+    tau_2: float = 0.8
+    when: Literal["samples", "always", "never"] = "samples"
+
+    def __post_init__(self) -> None:
+        for name in ("tau_1", "tau_2"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"diversity config: {name!r} must be in [0, 1]")
+
+    def active(self, samples: int) -> bool:
+        return self.when == "always" or (self.when == "samples" and samples > 1)
+
+
+@dataclass
+class Stage2Config:
+    """The stage-2 loop (YAML section ``stage2``); defaults are the official code's.
+
+    Attributes:
+        steps: optimisation steps (20; harder prompts 30).
+        views: views rendered per step, m (10).
+        resolution: render side in pixels (90; CLIP resizes to its input size).
+        lr, betas: Adam on the mapper (1e-4).
+        march: the renderer's :class:`models.renderer.MarchConfig` (n_steps 128, 8 secant steps).
+        pixel_convention: "center" (our renders) or "dvr".
+        cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
+        guidance: losses, prompts, augmentations, ensemble (:class:`GuidanceConfig`).
+        diversity: tau_1 / tau_2 (:class:`DiversityConfig`).
+    """
+
+    steps: int = 20
+    views: int = 10
+    resolution: int = 90
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    march: MarchConfig = field(default_factory=MarchConfig)
+    pixel_convention: Literal["center", "dvr"] = "center"
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    diversity: DiversityConfig = field(default_factory=DiversityConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise UserError(f"stage2 config: 'steps' must be positive, got {self.steps}")
+        if self.views <= 0:
+            raise UserError(f"stage2 config: 'views' must be positive, got {self.views}")
+        if self.resolution < 8:
+            raise UserError(
+                f"stage2 config: 'resolution' must be at least 8, got {self.resolution}"
+            )
+        if self.lr <= 0:
+            raise UserError(f"stage2 config: 'lr' must be > 0, got {self.lr}")
+        m = self.march
+        if m.n_steps < 2 or m.n_secant < 0 or m.chunk < 1 or m.padding < 0:
+            raise UserError(
+                "stage2 config: march needs n_steps >= 2, n_secant >= 0, chunk >= 1, padding >= 0"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Stage2Config:
+        return config_lib.from_dict(cls, d, "stage2 config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_lib.to_dict(self)
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+@dataclass
+class RenderedViews:
+    """Renders of one latent from V views.
+
+    rgb: (V, 3, H, W) in [0, 1], the decoder-drawn background (white where a ray misses the
+        padded cube); differentiable with respect to the latent.
+    foreground: (V, 1, H, W) float, 1 where the ray hits the surface (or starts inside).
+    background: (V, 1, H, W) bool, rays inside the cube that miss the object: where L_bg acts.
+    bg_loss: (V,) mean |1 - rgb| over each view's background pixels (0 for a view with none).
+    evaluations: decoder points spent.
+    """
+
+    rgb: torch.Tensor
+    foreground: torch.Tensor
+    background: torch.Tensor
+    bg_loss: torch.Tensor
+    evaluations: int
+
+
+def render_views(
+    renderer: Renderer,
+    field: ImplicitField,
+    c: torch.Tensor,
+    views: Views,
+    resolution: int,
+    padding: float,
+    pixel_convention: str = "center",
+) -> RenderedViews:
+    """Render one latent ``c`` (1, c_dim) from every camera of ``views`` in one batch of rays.
+
+    Only rays that meet the padded cube are marched (the rest show white, the colour stage 1
+    trains the decoder-drawn background to): for distant cameras most rays miss the cube.
+    """
+    v, h, w = len(views), resolution, resolution
+    world, camera, scale = views.world_mat, views.camera_mat, views.scale_mat
+    device = c.device
+    xy = pixel_coords(h, w, pixel_convention).to(device)
+    origins, dirs = rays(
+        xy.expand(v, -1, -1), world.to(device), camera.to(device), scale.to(device)
+    )
+    t_near, t_far = cube_interval(origins, dirs, 0.5 + padding / 2)
+    index = (t_far > t_near).reshape(-1).nonzero().squeeze(1)
+    out = renderer.render_rays(
+        field, c, origins.reshape(-1, 3)[index][None], dirs.reshape(-1, 3)[index][None], "field"
+    )
+    n = v * h * w
+    rgb = torch.ones(n, 3, device=device, dtype=out.rgb.dtype).index_put((index,), out.rgb[0])
+    fg_rays = (out.hits.hit | out.hits.inside_start)[0]
+    foreground = torch.zeros(n, dtype=torch.bool, device=device).index_put((index,), fg_rays)
+    background = torch.zeros(n, dtype=torch.bool, device=device).index_put((index,), ~fg_rays)
+    rgb = rgb.reshape(v, h * w, 3)
+    background = background.reshape(v, h * w)
+    count = background.sum(-1)
+    per_pixel = (1.0 - rgb).abs().mean(-1) * background
+    bg_loss = per_pixel.sum(-1) / count.clamp(min=1)
+    return RenderedViews(
+        rgb=rgb.transpose(1, 2).reshape(v, 3, h, w),
+        foreground=foreground.reshape(v, 1, h, w).float(),
+        background=background.reshape(v, 1, h, w),
+        bg_loss=bg_loss,
+        evaluations=out.hits.evaluations,
+    )
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage2Result:
+    """What stage 2 gives for one sample.
+
+    mapper: the fine-tuned copy of M (eval mode, frozen).
+    mapper_input: (1, D) the feature fed to M (f_T, perturbed by tau_1 when diversity is on).
+    latent_before: (1, c_dim) M_stage1(f); latent_after: (1, c_dim) M_tuned(f). Detached.
+    history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "seconds"}``.
+    perturbed: whether the input and target were perturbed.
+    seconds: wall time of the loop.
+    """
+
+    mapper: Mapper
+    mapper_input: torch.Tensor
+    latent_before: torch.Tensor
+    latent_after: torch.Tensor
+    history: list[dict[str, Any]]
+    perturbed: bool
+    seconds: float
+
+
+def run_stage2(
+    mapper: Mapper,
+    decoder: torch.nn.Module,
+    guide: Guide,
+    cfg: Stage2Config,
+    generator: torch.Generator,
+    *,
+    perturb: bool = False,
+    renderer: Renderer | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> Stage2Result:
+    """Fine-tune a copy of ``mapper`` for ``guide``'s prompt; ``mapper`` is not modified.
+
+    Args:
+        mapper: the stage-1 mapper M, on the device to run on.
+        decoder: the stage-1 decoder D (frozen here: its requires_grad is switched off).
+        guide: the prompt(s) and CLIP model(s); its targets are perturbed in place by tau_2
+            when ``perturb``.
+        cfg: the loop's settings.
+        generator: a CPU ``torch.Generator``: every random draw (noise, cameras, augmentations)
+            comes from it, so a seed gives the same result (bit for bit on the CPU).
+        perturb: apply the diversity perturbation (tau_1 on the input, tau_2 on the target).
+        renderer: the renderer (default: the reference :class:`Renderer` with ``cfg.march``).
+        callback: called with each step's record (progress bars).
+    """
+    device = next(mapper.parameters()).device
+    renderer = renderer or Renderer(cfg.march)
+    decoder.eval().requires_grad_(False)
+    f_text = guide.prompt_feature.detach().float().cpu().reshape(1, -1)
+    f_in = f_text
+    if perturb:
+        f_in = perturb_feature(f_text, cfg.diversity.tau_1, generator)
+        guide.perturb_targets(cfg.diversity.tau_2, generator)
+    f_in = f_in.to(device)
+    tuned = copy.deepcopy(mapper).train().requires_grad_(True)
+    with torch.no_grad():
+        latent_before = mapper(f_in).detach()
+    device_generator = None
+    if device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        device_generator = torch.Generator(device).manual_seed(seed)
+    augment = Augmenter(cfg.guidance.augment, generator, device_generator)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    g = cfg.guidance
+    prompt_feature = guide.prompt_feature.to(device).reshape(-1)
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        t0 = time.perf_counter()
+        views = sample_views(cfg.cameras, cfg.views, generator)
+        c = tuned(f_in)
+        r = render_views(
+            renderer, decoder, c, views, cfg.resolution, cfg.march.padding, cfg.pixel_convention
+        )
+        images = augment(r.rgb, r.foreground)
+        loss_clip, _, embeddings = guide.loss(images, views.azimuth, views.elevation)
+        loss_bg = reduce_views(r.bg_loss, g.aggregation)
+        total = g.lambda_clip * loss_clip + g.lambda_bg * loss_bg
+        with torch.no_grad():
+            emb = embeddings[0]
+            if g.augment.active or emb is None:
+                emb = guide.clips[0].encode_image(r.rgb.detach())
+            score = float((emb @ prompt_feature.to(emb.device)).mean())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        record = {
+            "step": step,
+            "clip_score": score,
+            "loss": float(total.detach()),
+            "loss_clip": float(loss_clip.detach()),
+            "loss_bg": float(loss_bg.detach()),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if callback is not None:
+            callback(record)
+    tuned.eval().requires_grad_(False)
+    with torch.no_grad():
+        latent_after = tuned(f_in).detach()
+    return Stage2Result(
+        mapper=tuned,
+        mapper_input=f_in.detach(),
+        latent_before=latent_before,
+        latent_after=latent_after,
+        history=history,
+        perturbed=perturb,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,228 @@
+"""ISS stage 2: camera sampling, batched view rendering, the loop (it raises the CLIP score,
+leaves the stage-1 mapper alone, is reproducible per seed), diversity perturbations, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data.cameras import look_at, orbit_eyes
+from data.errors import UserError
+from infer.export import turntable_cameras
+from infer.guidance import Guide, PromptSchedule
+from infer.stage1 import load_stage1
+from infer.stage2 import Stage2Config, render_views, run_stage2
+from infer.view_sampling import CameraConfig, fixed_views, sample_views
+from models.clip import load_clip
+from models.renderer import MarchConfig, Renderer
+from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
+
+CLIP = "clip/tiny-64"
+
+SMALL = {
+    "steps": 6,
+    "views": 3,
+    "resolution": 24,
+    "lr": 3e-3,
+    "march": {"n_steps": 16, "n_secant": 4},
+    "cameras": {"distance": [1.8, 1.8]},
+}
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    path = build_stage1_checkpoint(tmp_path_factory.mktemp("stage1") / "stage1.ckpt", CLIP)
+    return load_stage1(path)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)  # clip/<name> specs have random weights from the global RNG
+    return load_clip(CLIP)
+
+
+def make_guide(clip, prompt: str, cfg: Stage2Config) -> Guide:
+    return Guide([clip], [1.0], PromptSchedule(prompt, cfg.guidance), cfg.guidance)
+
+
+def eval_score(stage1, clip, c: torch.Tensor, text: torch.Tensor) -> float:
+    views = fixed_views(4, 20.0, 1.8)
+    with torch.no_grad():
+        r = render_views(
+            Renderer(MarchConfig(n_steps=16, n_secant=4)), stage1.decoder, c, views, 32, 0.1
+        )
+        return float((clip.encode_image(r.rgb) @ text).mean())
+
+
+# -- cameras ------------------------------------------------------------------------------------
+
+
+def test_sample_views_follow_the_distribution_and_the_seed():
+    cfg = CameraConfig(azimuth=(0, 360), elevation=(10, 40), distance=(2.0, 3.0))
+    a = sample_views(cfg, 8, torch.Generator().manual_seed(1))
+    b = sample_views(cfg, 8, torch.Generator().manual_seed(1))
+    c = sample_views(cfg, 8, torch.Generator().manual_seed(2))
+    assert torch.equal(a.world_mat, b.world_mat) and not torch.equal(a.world_mat, c.world_mat)
+    assert ((a.elevation >= 10) & (a.elevation <= 40)).all()
+    assert ((a.distance >= 2) & (a.distance <= 3)).all()
+    # stratified: one azimuth per 45-degree sector
+    assert sorted((a.azimuth // 45).astype(int).tolist()) == list(range(8))
+    # the matrices are data.cameras' look_at of orbit_eyes, the camera centres at the distance
+    eyes = orbit_eyes(a.azimuth, a.elevation, a.distance)
+    expected = np.stack([look_at(e) for e in eyes])
+    np.testing.assert_allclose(a.world_mat.numpy(), expected, atol=1e-6)
+    centres = -np.einsum("vji,vj->vi", expected[:, :3, :3], expected[:, :3, 3])
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), a.distance, rtol=1e-5)
+    # a narrow azimuth range wraps around 0
+    front = sample_views(
+        CameraConfig(azimuth=(-30, 30), stratified=False), 50, torch.Generator().manual_seed(0)
+    )
+    assert ((front.azimuth <= 30) | (front.azimuth >= 330)).all()
+
+
+def test_fixed_views_are_the_turntable_cameras():
+    views = fixed_views(6, 20.0, 1.8)
+    world, camera = turntable_cameras(6, 20.0, 1.8)
+    torch.testing.assert_close(views.world_mat, world)
+    torch.testing.assert_close(views.camera_mat, camera)
+
+
+def test_camera_config_refuses_bad_ranges():
+    with pytest.raises(UserError, match="distance"):
+        CameraConfig(distance=(0.5, 0.5))
+    with pytest.raises(UserError, match="lo <= hi"):
+        CameraConfig(elevation=(40, 10))
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def test_render_views_matches_the_reference_renderer(stage1):
+    c = 0.5 * torch.randn(1, 16, generator=torch.Generator().manual_seed(0))
+    views = fixed_views(3, 15.0, 2.5)
+    renderer = Renderer(MarchConfig(n_steps=16, n_secant=4))
+    out = render_views(renderer, stage1.decoder, c, views, 20, 0.1)
+    ref = renderer.render_images(
+        stage1.decoder,
+        c,
+        views.world_mat,
+        views.camera_mat,
+        views.scale_mat,
+        20,
+        20,
+        background="field",
+    )
+    assert out.foreground.sum() > 0
+    torch.testing.assert_close(out.foreground, ref["mask"])
+    in_cube = out.foreground.bool() | out.background
+    assert (~in_cube).any()  # at distance 2.5 some rays miss the cube
+    same = in_cube.expand_as(out.rgb)
+    torch.testing.assert_close(out.rgb[same], ref["rgb"][same], atol=1e-5, rtol=1e-5)
+    assert torch.all(out.rgb[~same] == 1.0)  # rays that miss the cube show white
+    # L_bg per view: mean |1 - rgb| over its background pixels
+    for v in range(3):
+        bg = out.background[v, 0]
+        expected = (1 - out.rgb[v][:, bg]).abs().mean()
+        torch.testing.assert_close(out.bg_loss[v], expected)
+
+
+def test_render_views_gradients_reach_the_latent(stage1):
+    c = (0.5 * torch.randn(1, 16, generator=torch.Generator().manual_seed(1))).requires_grad_()
+    out = render_views(
+        Renderer(MarchConfig(n_steps=16, n_secant=4)),
+        stage1.decoder,
+        c,
+        fixed_views(2, 20.0, 1.8),
+        16,
+        0.1,
+    )
+    (out.rgb.mean() + out.bg_loss.sum()).backward()
+    assert c.grad is not None and c.grad.abs().sum() > 0
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["a red chair", "a tall blue lamp"])
+def test_stage2_raises_the_clip_score(stage1, clip, prompt):
+    cfg = Stage2Config.from_dict(SMALL)
+    guide = make_guide(clip, prompt, cfg)
+    before_state = {k: v.clone() for k, v in stage1.mapper.state_dict().items()}
+    result = run_stage2(stage1.mapper, stage1.decoder, guide, cfg, torch.Generator().manual_seed(0))
+    text = guide.prompt_feature
+    before = eval_score(stage1, clip, result.latent_before, text)
+    after = eval_score(stage1, clip, result.latent_after, text)
+    assert after > before + 1e-3, (before, after)
+    scores = [h["clip_score"] for h in result.history]
+    assert len(scores) == cfg.steps and scores[-1] > scores[0]
+    # the stage-1 mapper is untouched; the tuned copy moved
+    for k, v in stage1.mapper.state_dict().items():
+        assert torch.equal(v, before_state[k]), k
+    assert not torch.equal(result.latent_before, result.latent_after)
+    torch.testing.assert_close(result.latent_before, stage1.mapper(result.mapper_input))
+
+
+def test_stage2_is_reproducible_per_seed(stage1, clip):
+    cfg = Stage2Config.from_dict({**SMALL, "steps": 2})
+
+    def run(seed: int):
+        guide = make_guide(clip, "a red chair", cfg)
+        return run_stage2(
+            stage1.mapper, stage1.decoder, guide, cfg, torch.Generator().manual_seed(seed)
+        )
+
+    a, b, c = run(3), run(3), run(4)
+    assert torch.equal(a.latent_after, b.latent_after)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert not torch.equal(a.latent_after, c.latent_after)  # other cameras
+
+
+def test_diversity_perturbs_the_input_and_the_target(stage1, clip):
+    cfg = Stage2Config.from_dict({**SMALL, "steps": 1, "diversity": {"tau_1": 0.5, "tau_2": 0.8}})
+    guide = make_guide(clip, "a red chair", cfg)
+    f_t = guide.prompt_feature
+    plain = run_stage2(stage1.mapper, stage1.decoder, guide, cfg, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain.mapper_input[0], f_t)
+    assert torch.equal(guide.targets[0], guide.text[0])
+
+    results, targets = [], []
+    for seed in (0, 1):
+        g = guide.copy()
+        results.append(
+            run_stage2(
+                stage1.mapper,
+                stage1.decoder,
+                g,
+                cfg,
+                torch.Generator().manual_seed(seed),
+                perturb=True,
+            )
+        )
+        targets.append(g.targets[0][0])
+    for r, t in zip(results, targets, strict=True):
+        cos_in = float(r.mapper_input[0] @ f_t)
+        cos_target = float(t @ f_t)
+        # normalize(tau f + (1 - tau) z) with z a random unit vector (nearly orthogonal to f
+        # in 128 dimensions): cos ~ tau / sqrt(tau^2 + (1 - tau)^2), 0.71 and 0.97 here
+        assert abs(cos_in - 0.707) < 0.1 and abs(cos_target - 0.970) < 0.03
+        assert r.perturbed
+    assert not torch.allclose(results[0].mapper_input, results[1].mapper_input)
+    assert not torch.allclose(results[0].latent_before, results[1].latent_before)
+    assert not torch.allclose(targets[0], targets[1])
+    assert torch.equal(guide.targets[0], guide.text[0])  # copies were perturbed, not the guide
+
+
+def test_stage2_config_is_strict():
+    with pytest.raises(UserError, match="steps"):
+        Stage2Config.from_dict({"steps": 0})
+    with pytest.raises(UserError, match="views"):
+        Stage2Config.from_dict({"views": -1})
+    with pytest.raises(UserError, match="unknown key 'lrr'"):
+        Stage2Config.from_dict({"lrr": 1.0})
+    with pytest.raises(UserError, match="march"):
+        Stage2Config.from_dict({"march": {"n_steps": 1}})
+    with pytest.raises(UserError, match="tau_1"):
+        Stage2Config.from_dict({"diversity": {"tau_1": 1.5}})
+    cfg = Stage2Config.from_dict(SMALL)
+    assert Stage2Config.from_dict(cfg.to_dict()) == cfg
