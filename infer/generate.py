@@ -21,6 +21,7 @@ error or Ctrl-C leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import platform
@@ -159,14 +160,21 @@ def default_out(prompt: str, seed: int) -> Path:
     return Path("generated") / f"{slug}-seed{seed}"
 
 
-def pick_device(name: str) -> torch.device:
-    """Like ``iss3d export``'s, and says so when ``auto`` finds no GPU."""
-    from infer.svr_commands import pick_device as pick
+def choose_device(name: str) -> tuple[torch.device, str | None]:
+    """``cpu``, ``cuda`` or ``auto`` -> (device, a note to print when it fell back to the CPU).
 
-    device = pick(name)
-    if name == "auto" and device.type == "cpu":
-        print("iss3d: no CUDA device found, running on the CPU", file=sys.stderr)
-    return device
+    Raises:
+        UserError: another name.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {name!r}")
+    if name == "cpu":
+        return torch.device("cpu"), None
+    if torch.cuda.is_available():
+        return torch.device("cuda"), None
+    if name == "cuda":
+        return torch.device("cpu"), "CUDA is not available, running on the CPU"
+    return torch.device("cpu"), "no CUDA device found, running on the CPU"
 
 
 def resolve_models(stage1: Path | None, clip: str | None, device: torch.device):
@@ -280,7 +288,7 @@ def diversity(
         clouds.append(pts)
     chamfers = []
     for a, b in itertools.combinations(clouds, 2):
-        d = torch.cdist(a, b)
+        d = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
         chamfers.append(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()).item())
     return {
         "mean_pairwise_iou": float(np.mean(ious)) if ious else None,
@@ -364,14 +372,63 @@ def generate(
     command: str | None = None,
     preset: str | None = None,
     check_prompt: bool = True,
+    make_parent: bool = False,
 ) -> int:
     """Run stage 2 for ``samples`` shapes of ``prompt`` and write every output to ``out``.
 
     Same prompt, config and seed on the CPU -> identical files (timings in the reports aside).
+    ``make_parent``: create ``out``'s parent folder if missing (the default ``generated/``),
+    and remove it again if the run fails and it is empty.
 
     Raises:
         UserError: bad prompt, output folder, models or config (before any work is done).
     """
+    t_start = time.perf_counter()
+    if check_prompt:
+        check_generation_prompt(prompt)
+    out = Path(out)
+    made_parent = make_parent and not out.parent.exists()
+    if made_parent:
+        try:
+            out.parent.mkdir(parents=True)
+        except OSError as err:
+            raise UserError(f"{out.parent}: cannot create the output folder ({err})") from None
+    try:
+        return _generate(
+            prompt,
+            cfg,
+            out,
+            seed,
+            samples,
+            stage1,
+            clip,
+            device,
+            progress,
+            command,
+            preset,
+            t_start,
+        )
+    except BaseException:
+        if made_parent:  # leave no empty folder behind
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+        raise
+
+
+def _generate(
+    prompt: str,
+    cfg: GenerateConfig,
+    out: Path,
+    seed: int,
+    samples: int,
+    stage1: Path | None,
+    clip: str | None,
+    device: str,
+    progress: bool,
+    command: str | None,
+    preset: str | None,
+    t_start: float,
+) -> int:
     import yaml
     from PIL import Image
 
@@ -383,18 +440,16 @@ def generate(
     from models.mesh import MeshConfig, extract_mesh
     from models.renderer import MarchConfig, Renderer
 
-    t_start = time.perf_counter()
-    if check_prompt:
-        check_generation_prompt(prompt)
-    out = Path(out)
     s2, ex = cfg.stage2, cfg.export
     timings: dict[str, float] = {}
     warnings_seen: list[str] = []
     with atomic_directory(out) as folder:
         t0 = time.perf_counter()
-        dev = pick_device(device)
+        dev, note = choose_device(device)
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
         model, stage1_path, clip_model, clip_spec = resolve_models(stage1, clip, dev)
+        if note:
+            print(f"iss3d: {note}", file=sys.stderr)
         members, weights = [clip_model], [s2.guidance.clip_weight]
         for member in s2.guidance.ensemble:
             members.append(load_clip(member.spec, dev))

@@ -18,15 +18,18 @@ def register(commands: argparse._SubParsersAction) -> None:
             "Fine-tune the stage-1 mapper on a prompt by CLIP consistency of rendered views "
             "(ISS stage 2) and export the shape: mesh.glb / mesh.ply with vertex colours, "
             "turntable.gif, views.png (before | after stage 2), report.json, config.yaml. "
-            "Models: --stage1 / --clip, else models/pretrained/stage1.ckpt and clip.pt."
+            "Models: --stage1 / --clip, else models/pretrained/stage1.ckpt and clip.pt. "
+            "Config overrides (KEY=VALUE) go right after the prompt."
         ),
+        usage="iss3d generate PROMPT [KEY=VALUE ...] [options]",
     )
     p.add_argument("prompt", help='the text, e.g. "a red chair"')
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="config overrides, e.g. stage2.guidance.loss=inner stage2.lr=3e-4",
+        help="config overrides right after the prompt, e.g. stage2.guidance.loss=inner "
+        "stage2.lr=3e-4",
     )
     p.add_argument(
         "--out",
@@ -84,6 +87,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError(f"--res must be at least 8 pixels, got {args.res}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {args.device!r}")
 
     from infer.generate import (
         check_generation_prompt,
@@ -116,4 +121,5 @@ def generate_command(args: argparse.Namespace) -> int:
         command=command_line(args),
         preset=args.preset,
         check_prompt=False,
+        make_parent=args.out is None,
     )
