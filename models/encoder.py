@@ -8,6 +8,7 @@ configs and tests.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,30 +137,52 @@ class ResNet18Encoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """A small conv encoder for tiny CPU configs: n_layers stride-2 3x3 convs + mean pool + Linear.
+    """A small conv encoder for tiny CPU configs.
 
-    Channels go width, 2 width, 4 width, 8 width, 8 width, ...; inputs are mapped from [0, 1]
-    to [-1, 1] inside.
+    ``n_layers`` stages, each a stride-2 3x3 conv (and from the second stage on, a second 3x3
+    conv), every conv followed by GroupNorm (batch-independent, so train and eval agree) and
+    ReLU; then average pooling to a ``grid`` x ``grid`` map, flattened, and a Linear to c_dim.
+    Keeping a coarse grid (rather than a global mean) keeps where things are in the image,
+    which single-view reconstruction needs. Channels go width, 2 width, 4 width, 8 width,
+    8 width, ...; inputs are mapped from [0, 1] to [-1, 1] inside.
 
     Args:
         c_dim: latent size.
-        width: channels of the first conv.
-        n_layers: number of stride-2 convs (each followed by ReLU).
+        width: channels of the first conv (a multiple of ``GROUPS`` keeps all groups equal).
+        n_layers: number of stride-2 stages.
+        grid: side of the pooled map (1: global mean pooling).
     """
 
-    def __init__(self, c_dim: int = 64, width: int = 32, n_layers: int = 4) -> None:
+    #: GroupNorm groups (fewer when a layer has fewer channels).
+    GROUPS = 8
+
+    def __init__(self, c_dim: int = 64, width: int = 32, n_layers: int = 4, grid: int = 4) -> None:
         super().__init__()
-        if c_dim < 1 or width < 1 or n_layers < 1:
-            raise ValueError(f"c_dim, width, n_layers must be >= 1: {c_dim}, {width}, {n_layers}")
+        if min(c_dim, width, n_layers, grid) < 1:
+            raise ValueError(
+                f"c_dim, width, n_layers, grid must be >= 1: {c_dim}, {width}, {n_layers}, {grid}"
+            )
         self.c_dim = c_dim
         layers: list[nn.Module] = []
         ch_in = 3
         for i in range(n_layers):
             ch_out = width * 2 ** min(i, 3)
-            layers += [nn.Conv2d(ch_in, ch_out, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            layers += self._conv(ch_in, ch_out, stride=2)
+            if i > 0:
+                layers += self._conv(ch_out, ch_out, stride=1)
             ch_in = ch_out
         self.convs = nn.Sequential(*layers)
-        self.fc = nn.Linear(ch_in, c_dim)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.fc = nn.Linear(ch_in * grid * grid, c_dim)
+
+    @classmethod
+    def _conv(cls, ch_in: int, ch_out: int, stride: int) -> list[nn.Module]:
+        groups = math.gcd(cls.GROUPS, ch_out)
+        return [
+            nn.Conv2d(ch_in, ch_out, 3, stride=stride, padding=1, bias=False),
+            nn.GroupNorm(groups, ch_out),
+            nn.ReLU(inplace=True),
+        ]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode images.
@@ -171,8 +194,8 @@ class ConvEncoder(nn.Module):
             (B, c_dim) latent codes.
         """
         check_images(images, "encoder input", MIN_IMAGE_SIZE)
-        x = self.convs(images * 2.0 - 1.0)
-        return self.fc(x.mean(dim=(2, 3)))
+        x = self.pool(self.convs(images * 2.0 - 1.0))
+        return self.fc(x.flatten(1))
 
 
 ENCODER_KINDS: dict[str, type[nn.Module]] = {"resnet18": ResNet18Encoder, "conv": ConvEncoder}
@@ -183,7 +206,7 @@ def make_encoder(kind: str, c_dim: int, **kw: Any) -> nn.Module:
 
     Args:
         kind: ``"resnet18"`` (kwargs: ``weights``) or ``"conv"`` (kwargs: ``width``,
-            ``n_layers``).
+            ``n_layers``, ``grid``).
         c_dim: latent size.
 
     Returns:
@@ -205,13 +228,17 @@ class EncoderConfig:
     Attributes:
         kind: ``"resnet18"`` (DVR/ISS) or ``"conv"`` (tiny CPU configs).
         c_dim: latent size; must equal the decoder's c_dim.
-        width: first-layer channels of the conv encoder (ignored by resnet18).
+        width: first-layer channels of the conv encoder (conv only).
+        n_layers: stride-2 stages of the conv encoder (conv only).
+        grid: side of the conv encoder's pooled feature map (conv only; 1 = global mean).
         weights: local torchvision ResNet-18 ImageNet weights file (resnet18 only), or None.
     """
 
     kind: str = "resnet18"
     c_dim: int = 256
     width: int = 32
+    n_layers: int = 4
+    grid: int = 4
     weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -220,8 +247,9 @@ class EncoderConfig:
             raise UserError(f"encoder config: unknown kind {self.kind!r} (choose from {known})")
         if self.c_dim < 1:
             raise UserError(f"encoder config: 'c_dim' must be >= 1, got {self.c_dim}")
-        if self.width < 1:
-            raise UserError(f"encoder config: 'width' must be >= 1, got {self.width}")
+        for name in ("width", "n_layers", "grid"):
+            if getattr(self, name) < 1:
+                raise UserError(f"encoder config: {name!r} must be >= 1, got {getattr(self, name)}")
         if self.weights is not None and self.kind != "resnet18":
             raise UserError(
                 f"encoder config: 'weights' is only used by kind 'resnet18', not {self.kind!r}"
@@ -236,4 +264,6 @@ class EncoderConfig:
         """The encoder this config describes: (B, 3, H, W) in [0, 1] -> (B, c_dim)."""
         if self.kind == "resnet18":
             return make_encoder("resnet18", self.c_dim, weights=self.weights)
-        return make_encoder(self.kind, self.c_dim, width=self.width)
+        return make_encoder(
+            self.kind, self.c_dim, width=self.width, n_layers=self.n_layers, grid=self.grid
+        )

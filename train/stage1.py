@@ -15,7 +15,7 @@ each, n sampled pixels per view; the input image I is view 0 of each object):
    else f~_I = f_I. "l2": mean over objects of the squared L2 distance (the paper);
    "l1": mean absolute difference over objects and channels (the official code, x2000).
 3. The DVR losses of :func:`train.svr.svr_losses` on D conditioned on c (``loss_rgb``, ...).
-4. ``loss_bg``: the sampled rays the prediction misses (a march without gradients) show the
+4. ``loss_bg``: the sampled rays the prediction misses (in the march of step 3) show the
    decoder's colour where the ray leaves the padded cube (the renderer's ``"field"``
    background); mean |1 - rgb| over them (:func:`models.losses.background_loss`).
 5. total = sum of lambda_<name> * loss_<name>. c carries no graph, so L_D and L_bg reach D only
@@ -39,7 +39,6 @@ the CLIP model that is everything stage 2 needs (:func:`infer.stage1.load_stage1
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import shlex
 import sys
@@ -60,14 +59,14 @@ from models import config as config_lib
 from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
 from models.metrics import occupancy_iou
-from models.renderer import MarchConfig, Renderer, march
+from models.renderer import MarchConfig, RayHits, Renderer
 from train.runs import RunConfig, TrainerConfig
 from train.svr import (
+    AdamConfig,
     SVRLossConfig,
     SVRMarchConfig,
-    SVROptimConfig,
     SVRValConfig,
-    ray_batch,
+    occupancy_targets,
     svr_losses,
     weighted_total,
 )
@@ -121,17 +120,16 @@ class Stage1LossConfig(SVRLossConfig):
 
 
 @dataclass
-class Stage1OptimConfig(SVROptimConfig):
+class Stage1OptimConfig(AdamConfig):
     """Adam settings (YAML section ``optim``): ``lr`` for the mapper, ``decoder_lr`` for the
     decoder (None: ``lr``; the official code uses 1e-4 for both), betas, milestones, gamma as
-    :class:`train.svr.SVROptimConfig` (the schedule scales both groups)."""
+    :class:`train.svr.AdamConfig` (the schedule scales both groups)."""
 
     decoder_lr: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.decoder_lr is not None and self.decoder_lr <= 0:
-            raise UserError(f"optim config: 'decoder_lr' must be > 0, got {self.decoder_lr}")
+        self.check_rate("decoder_lr", self.decoder_lr)
 
 
 @dataclass
@@ -187,47 +185,29 @@ class Stage1Config:
 
 
 def background_ray_loss(
-    decoder, c: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor, march_cfg: MarchConfig
+    decoder, c: torch.Tensor, hits: RayHits
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ISS's L_bg on sampled rays, with the renderer's decoder-drawn ("field") background.
+    """ISS's L_bg on marched rays, with the renderer's decoder-drawn ("field") background.
 
-    The rays are marched without gradients (a march of its own: :func:`train.svr.svr_losses`
-    does not return its hits); those that neither hit a surface nor start inside
-    show the decoder's colour at the point where they leave the padded cube, which is pushed
-    towards white: mean |1 - rgb| over those rays.
+    Rays that neither hit a surface nor start inside show the decoder's colour at the point
+    where they leave the padded cube (``hits.points`` there), which is pushed towards white:
+    mean |1 - rgb| over those rays.
 
     Args:
         decoder: an implicit field (``occupancy``, ``rgb``).
         c: (B, c_dim) latents.
-        origins, dirs: (B, R, 3) object-frame rays (ray parameter = camera depth).
-        march_cfg: the march settings.
+        hits: the march of (B, R) rays (e.g. the third result of :func:`train.svr.svr_losses`).
 
     Returns:
         (loss, background share): the scalar loss (0 when no ray misses; a graph to the
         decoder's colour and to ``c``) and the share of background rays.
     """
-    # Hit or miss is known before the secant refinement, and misses need no depth.
-    m = march(decoder, c, origins, dirs, dataclasses.replace(march_cfg, n_secant=0))
-    background = ~m.hit & ~m.inside_start
-    exit_points = origins + m.t_far.clamp(min=0).unsqueeze(-1) * dirs
-    rgb = decoder.rgb(exit_points, c)
+    background = ~hits.hit & ~hits.inside_start
+    rgb = decoder.rgb(hits.points.detach(), c)
     return L.background_loss(rgb, background), background.float().mean()
 
 
 # -- the Lightning system -------------------------------------------------------------------------
-
-
-def _occupancy_targets(
-    file: MultiViewFile, objects: list[int], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The uniform occupancy samples of file objects: points (B, P, 3), inside (B, P); or None."""
-    if not file.has_occupancy:
-        return None
-    samples = [file.read_occupancy(int(o)) for o in objects]
-    n = samples[0].n_uniform or len(samples[0].points)
-    points = torch.from_numpy(np.stack([s.points[:n] for s in samples])).to(device)
-    inside = torch.from_numpy(np.stack([s.inside[:n] for s in samples])).to(device)
-    return points.float(), inside.bool()
 
 
 class _Frozen:
@@ -339,13 +319,10 @@ class Stage1System(pl.LightningModule):
         c, f = self.targets(batch["image"][:, 0])
         pred = self.mapper(self.mapper_input(f))
         losses = {"loss_mapper": mapper_loss(pred, c, lc.mapper_loss)}
-        dvr, stats = svr_losses(self.decoder, c, batch, lc, march_cfg)
+        dvr, stats, hits = svr_losses(self.decoder, c, batch, lc, march_cfg)
         losses.update(dvr)
         if lc.lambda_bg > 0:
-            r = ray_batch(batch)
-            losses["loss_bg"], stats["bg_rays"] = background_ray_loss(
-                self.decoder, c, r["origins"], r["dirs"], march_cfg
-            )
+            losses["loss_bg"], stats["bg_rays"] = background_ray_loss(self.decoder, c, hits)
         with torch.no_grad():
             stats["cos"] = F.cosine_similarity(pred, c, dim=-1).mean()
         return losses, stats
@@ -365,15 +342,12 @@ class Stage1System(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups = [
-            {"params": list(self.mapper.parameters()), "lr": o.lr},
-            {"params": list(self.decoder.parameters()), "lr": o.decoder_lr or o.lr},
-        ]
-        opt = torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
-        if not o.milestones:
-            return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.milestones, gamma=o.gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return o.optimizers(
+            [
+                {"params": list(self.mapper.parameters()), "lr": o.lr},
+                {"params": list(self.decoder.parameters()), "lr": o.decoder_lr or o.lr},
+            ]
+        )
 
     # -- validation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -399,7 +373,7 @@ class Stage1System(pl.LightningModule):
         if with_text:
             f_txt = self.clip.encode_text([captions[i] for i in with_text]).float()
             c_txt = self.mapper(f_txt.to(self.device))
-        targets = _occupancy_targets(self.file, objects, self.device)
+        targets = occupancy_targets(self.file, objects, self.device)
         chunk = self.cfg.march.chunk
         if targets is not None:
             self._val["iou_svr"].append(occupancy_iou(self.decoder, c_svr, *targets, chunk).cpu())

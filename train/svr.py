@@ -41,17 +41,19 @@ from models import losses as L
 from models.decoder import DecoderConfig
 from models.encoder import EncoderConfig
 from models.metrics import depth_l1, mask_iou, occupancy_iou
-from models.renderer import MarchConfig, Renderer, cube_interval, trace_surface
+from models.renderer import MarchConfig, RayHits, Renderer, cube_interval, trace_surface
 from train.runs import RunConfig, TrainerConfig
 
 __all__ = [
     "LOSS_NAMES",
+    "AdamConfig",
     "SVRConfig",
     "SVRLossConfig",
     "SVRMarchConfig",
     "SVROptimConfig",
     "SVRSystem",
     "SVRValConfig",
+    "occupancy_targets",
     "ray_batch",
     "svr_losses",
 ]
@@ -149,12 +151,12 @@ class SVRLossConfig:
 
 
 @dataclass
-class SVROptimConfig:
-    """Adam settings (YAML section ``optim``).
+class AdamConfig:
+    """Adam with an optional step schedule (YAML section ``optim``; stages add per-group rates).
 
     Attributes:
         lr: learning rate (DVR: 1e-4). betas: Adam betas.
-        milestones: training steps at which the learning rate is multiplied by ``gamma``.
+        milestones: training steps at which every group's rate is multiplied by ``gamma``.
     """
 
     lr: float = 1e-4
@@ -169,6 +171,37 @@ class SVROptimConfig:
             raise UserError("optim config: 'milestones' must be increasing")
         if not 0 < self.gamma <= 1:
             raise UserError(f"optim config: 'gamma' must be in (0, 1], got {self.gamma}")
+
+    @staticmethod
+    def check_rate(name: str, value: float | None) -> None:
+        """UserError unless ``value`` (a per-group rate; None = ``lr``) is positive."""
+        if value is not None and value <= 0:
+            raise UserError(f"optim config: {name!r} must be > 0, got {value}")
+
+    def optimizers(self, groups: list[dict[str, Any]]) -> Any:
+        """Lightning's ``configure_optimizers`` result for Adam over ``groups`` (each a dict
+        with ``params`` and optionally ``lr``), with the step schedule when there is one."""
+        opt = torch.optim.Adam(groups, lr=self.lr, betas=tuple(self.betas))
+        if not self.milestones:
+            return opt
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=self.milestones, gamma=self.gamma
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@dataclass
+class SVROptimConfig(AdamConfig):
+    """Adam for the SVR stage: ``lr`` for the decoder, ``encoder_lr`` for the encoder (None:
+    ``lr``, as DVR). A conv encoder with a wide final Linear moves the latent far per step at
+    the decoder's rate, which destabilises the rendering losses; a lower encoder rate avoids
+    it (svr/tiny)."""
+
+    encoder_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_rate("encoder_lr", self.encoder_lr)
 
 
 @dataclass
@@ -267,7 +300,7 @@ def svr_losses(
     batch: Mapping[str, Any],
     loss_cfg: SVRLossConfig,
     march_cfg: MarchConfig,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RayHits]:
     """DVR's losses for one batch (unweighted), skipping those whose lambda is 0.
 
     Args:
@@ -278,8 +311,10 @@ def svr_losses(
         march_cfg: the march settings for this step.
 
     Returns:
-        ``({"loss_<name>": scalar}, stats)``; stats: ``hit_rate`` (share of rays hitting),
-        ``mask_accuracy`` (share of rays whose predicted silhouette matches the GT mask).
+        ``({"loss_<name>": scalar}, stats, hits)``; stats: ``hit_rate`` (share of rays
+        hitting), ``mask_accuracy`` (share of rays whose predicted silhouette matches the GT
+        mask); hits: the march of the batch's (B, K * n) rays (:func:`ray_batch` order), for
+        losses of later stages on the same rays.
     """
     r = ray_batch(batch)
     origins, dirs, gt_mask = r["origins"], r["dirs"], r["mask"]
@@ -323,13 +358,31 @@ def svr_losses(
             "hit_rate": hits.hit.float().mean(),
             "mask_accuracy": (pred_mask == gt_mask).float().mean(),
         }
-    return out, stats
+    return out, stats, hits
 
 
 def weighted_total(losses: Mapping[str, torch.Tensor], loss_cfg: SVRLossConfig) -> torch.Tensor:
     """sum of lambda_<name> * loss_<name> over the given losses."""
     terms = [loss_cfg.weight(k.removeprefix("loss_")) * v for k, v in losses.items()]
     return torch.stack(terms).sum()
+
+
+def occupancy_targets(
+    file: MultiViewFile, objects: list[int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The uniform occupancy samples of file objects, for validation IoU.
+
+    Returns:
+        points (B, P, 3) float32 object frame and inside (B, P) bool, P = the file's uniform
+        sample count; None when the file has no occupancy samples.
+    """
+    if not file.has_occupancy:
+        return None
+    samples = [file.read_occupancy(int(o)) for o in objects]
+    n = samples[0].n_uniform or len(samples[0].points)
+    points = torch.from_numpy(np.stack([s.points[:n] for s in samples])).to(device)
+    inside = torch.from_numpy(np.stack([s.inside[:n] for s in samples])).to(device)
+    return points.float(), inside.bool()
 
 
 # -- the Lightning system -------------------------------------------------------------------
@@ -381,7 +434,7 @@ class SVRSystem(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         march_cfg = self.cfg.march.march_config(self.global_step)
         c = self.encode(batch["image"][:, 0])
-        losses, stats = svr_losses(self.decoder, c, batch, self.cfg.loss, march_cfg)
+        losses, stats, _ = svr_losses(self.decoder, c, batch, self.cfg.loss, march_cfg)
         total = weighted_total(losses, self.cfg.loss)
         b = c.shape[0]
         for name, value in losses.items():
@@ -394,32 +447,22 @@ class SVRSystem(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.Adam(self.parameters(), lr=o.lr, betas=tuple(o.betas))
-        if not o.milestones:
-            return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.milestones, gamma=o.gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return o.optimizers(
+            [
+                {"params": list(self.encoder.parameters()), "lr": o.encoder_lr or o.lr},
+                {"params": list(self.decoder.parameters()), "lr": o.lr},
+            ]
+        )
 
     # -- validation -----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val = {"iou": [], "mask_iou": [], "depth_l1": [], "rows": []}
 
-    def occupancy_targets(self, objects: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Uniform occupancy samples of file objects: points (B, P, 3), inside (B, P); or None."""
-        f = self.file
-        if not f.has_occupancy:
-            return None
-        samples = [f.read_occupancy(int(o)) for o in objects]
-        n = samples[0].n_uniform or len(samples[0].points)
-        points = torch.from_numpy(np.stack([s.points[:n] for s in samples])).to(self.device)
-        inside = torch.from_numpy(np.stack([s.inside[:n] for s in samples])).to(self.device)
-        return points.float(), inside.bool()
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
         c = self.encode(images[:, 0])
         objects = [int(o) for o in batch["object_index"]]
-        targets = self.occupancy_targets(objects)
+        targets = occupancy_targets(self.file, objects, self.device)
         if targets is not None:
             self._val["iou"].append(
                 occupancy_iou(self.decoder, c, *targets, chunk=self.cfg.march.chunk).cpu()

@@ -20,7 +20,7 @@ from infer.stage1 import load_stage1
 from infer.svr import load_svr
 from models.clip import load_clip
 from models.decoder import Decoder
-from models.renderer import MarchConfig, Renderer
+from models.renderer import MarchConfig, Renderer, trace_surface
 from train import runs
 from train.stage1 import Stage1Config, Stage1System, background_ray_loss
 from train.svr import ray_batch
@@ -248,7 +248,8 @@ def test_background_loss_turns_the_background_white(tiny_world):
     before = _background_whiteness(decoder, c, batch)
     opt = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     for _ in range(10):
-        loss, share = background_ray_loss(decoder, c, r["origins"], r["dirs"], MarchConfig(16))
+        hits = trace_surface(decoder, c, r["origins"], r["dirs"], MarchConfig(16))
+        loss, share = background_ray_loss(decoder, c, hits)
         opt.zero_grad()
         loss.backward()
         opt.step()

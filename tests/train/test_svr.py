@@ -22,6 +22,7 @@ TINY = [
     "data.batch_size=4",
     "data.views_per_object=2",
     "data.pixels=32",
+    "data.occupancy_points=64",
     "encoder.c_dim=16",
     "encoder.width=8",
     "decoder.c_dim=16",
@@ -124,11 +125,11 @@ def small_config(tiny_world: Path, *extra: str) -> SVRConfig:
 
 
 def test_losses_finite_and_overfit_one_batch(tiny_world):
-    """50 Adam steps on one batch with the tiny config's loss weights: every loss and gradient
-    stays finite, the silhouette losses (freespace + occupancy, defined on every ray) fall below
+    """50 Adam steps on one batch with the tiny config's DVR loss weights (its 3D loss off, the
+    encoder at a 30x lower rate as in svr/tiny): every loss and gradient stays finite, the silhouette losses (freespace + occupancy, defined on every ray) fall below
     60 %, the total below 80 % (rgb and depth grow from 0 as rays start to hit, so the total
-    falls less), and the predicted silhouettes mostly match. (Over seeds 0-4 the ratios were
-    0.13-0.35 and 0.52-0.63, mask accuracy 0.89-0.93.)"""
+    falls less), and the predicted silhouettes mostly match. (Seed 0: silhouette ratio 0.21, mask
+    accuracy 0.92.)"""
     torch.manual_seed(0)
     cfg = small_config(
         tiny_world,
@@ -137,17 +138,22 @@ def test_losses_finite_and_overfit_one_batch(tiny_world):
         "decoder.n_blocks=2",
         "march.n_steps=[[0, 16]]",
         "march.n_secant=4",
+        "loss.lambda_occupancy3d=0",
+        "data.occupancy_points=null",
+        "optim.lr=3e-3",
+        "optim.encoder_lr=1e-4",
+        "optim.milestones=[]",
     )
     dm = MultiViewDataModule(cfg.data)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     system = SVRSystem(cfg)
-    opt = torch.optim.Adam(system.parameters(), lr=3e-3)
+    opt = system.configure_optimizers()
     march_cfg = cfg.march.march_config(0)
     totals, silhouette, names = [], [], set()
     for _ in range(50):
         c = system.encode(batch["image"][:, 0])
-        losses, stats = svr_losses(system.decoder, c, batch, cfg.loss, march_cfg)
+        losses, stats, _ = svr_losses(system.decoder, c, batch, cfg.loss, march_cfg)
         names |= set(losses)
         assert all(torch.isfinite(v) for v in losses.values()), losses
         total = weighted_total(losses, cfg.loss)
@@ -170,20 +176,22 @@ def first_batch_losses(cfg: SVRConfig):
     batch = next(iter(dm.train_dataloader()))
     system = SVRSystem(cfg)
     c = system.encode(batch["image"][:, 0])
-    losses, _ = svr_losses(system.decoder, c, batch, cfg.loss, cfg.march.march_config(0))
+    losses, _, _ = svr_losses(system.decoder, c, batch, cfg.loss, cfg.march.march_config(0))
     return losses, batch, system, c
 
 
 def test_zero_lambda_skips_the_loss(tiny_world):
-    cfg = small_config(tiny_world, "loss.lambda_normal=0", "loss.lambda_rgb=0")
+    cfg = small_config(
+        tiny_world, "loss.lambda_normal=0", "loss.lambda_rgb=0", "loss.lambda_occupancy3d=0"
+    )
     losses, *_ = first_batch_losses(cfg)
     assert set(losses) == {"loss_depth", "loss_freespace", "loss_occupancy"}
 
 
 def test_optional_3d_occupancy_loss(tiny_world):
     with pytest.raises(UserError, match=r"needs data\.occupancy_points"):
-        small_config(tiny_world, "loss.lambda_occupancy3d=1")
-    cfg = small_config(tiny_world, "loss.lambda_occupancy3d=1", "data.occupancy_points=64")
+        small_config(tiny_world, "loss.lambda_occupancy3d=1", "data.occupancy_points=null")
+    cfg = small_config(tiny_world, "loss.lambda_occupancy3d=1")
     losses, batch, system, c = first_batch_losses(cfg)
     value = losses["loss_occupancy3d"]
     # Summed over 64 samples per object and averaged over objects: 64 * BCE per sample.
