@@ -678,7 +678,11 @@ def _load_open_clip_spec(
         )
     try:
         model = open_clip.create_model(
-            name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False))
+            name,
+            pretrained=None,
+            force_quick_gelu=bool(pcfg.get("quick_gelu", False)),
+            pretrained_image=False,  # the full weights come next: no tower downloads
+            pretrained_text=False,
         )
     except Exception as err:
         raise UserError(f"CLIP spec {spec!r}: open_clip cannot build {name}: {err}") from None
