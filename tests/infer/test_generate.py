@@ -323,3 +323,18 @@ def test_guidance_knobs_through_the_command(stage1, tmp_path):
     assert "a photo of a red chair" in report["prompts"]
     assert report["config"]["stage2"]["guidance"]["loss"] == "inner"
     assert len(report["results"][0]["clip_score_per_step"]) == 2
+
+
+def test_presets():
+    paper = load_generate_config("paper")
+    s2 = paper.stage2
+    assert (s2.steps, s2.views, s2.resolution, s2.lr) == (20, 10, 90, 1e-4)
+    assert (s2.march.n_steps, s2.march.n_secant) == (128, 8)
+    assert s2.cameras.distance == (2.7, 2.7)  # 1.5 x the synthetic world's 1.8
+    g = s2.guidance
+    assert (g.loss, g.aggregation, g.lambda_clip, g.lambda_bg) == ("cosine", "sum", 4.0, 3.0)
+    assert not g.augment.active and not g.ensemble and not g.view_prompts
+    assert paper.export.mesh_resolution0 * 2**paper.export.mesh_upsampling_steps == 256
+    tiny = load_generate_config("tiny")
+    assert tiny.stage2.steps * tiny.stage2.views * tiny.stage2.resolution**2 < 80_000
+    assert load_generate_config("tiny", ["stage2.steps=3"]).stage2.steps == 3
