@@ -126,10 +126,10 @@ def small_config(tiny_world: Path, *extra: str) -> SVRConfig:
 
 def test_losses_finite_and_overfit_one_batch(tiny_world):
     """50 Adam steps on one batch with the tiny config's DVR loss weights (its 3D loss off, the
-    encoder at a 30x lower rate as in svr/tiny): every loss and gradient stays finite, the silhouette losses (freespace + occupancy, defined on every ray) fall below
-    60 %, the total below 80 % (rgb and depth grow from 0 as rays start to hit, so the total
-    falls less), and the predicted silhouettes mostly match. (Seed 0: silhouette ratio 0.21, mask
-    accuracy 0.92.)"""
+    encoder at a 30x lower rate than the decoder): every loss and gradient stays finite, the
+    silhouette losses (freespace + occupancy, defined on every ray) fall below 60 %, the total
+    below 80 % (rgb and depth grow from 0 as rays start to hit, so the total falls less), and
+    the predicted silhouettes mostly match. (Seed 0: silhouette ratio 0.21, mask accuracy 0.92.)"""
     torch.manual_seed(0)
     cfg = small_config(
         tiny_world,
