@@ -6,7 +6,13 @@ import argparse
 import sys
 
 from data.errors import UserError
-from infer import clip_commands, data_commands, generate_commands, svr_commands
+from infer import (
+    checkpoint_commands,
+    clip_commands,
+    data_commands,
+    generate_commands,
+    svr_commands,
+)
 from train import commands as train_commands
 
 
@@ -21,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     svr_commands.register(commands)
     clip_commands.register(commands)
     generate_commands.register(commands)
+    checkpoint_commands.register(commands)
     return parser
 
 

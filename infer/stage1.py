@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from data.errors import UserError
-from models.checkpoints import load_state_into, safe_load
+from models.checkpoints import load_prefixed, safe_load
 from models.decoder import Decoder, DecoderConfig
 from models.mapper import Mapper, MapperConfig
 from train.stage1 import Stage1Config
@@ -67,10 +67,8 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     svr_config = SVRConfig.from_dict(hp["svr_config"])
     mapper, decoder = config.mapper.build(), svr_config.decoder.build()
     state = ckpt["state_dict"]
-    for name, module in (("mapper", mapper), ("decoder", decoder)):
-        prefix = f"{name}."
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        load_state_into(module, part, path, prefix=prefix)
+    load_prefixed(mapper, state, "mapper.", path)
+    load_prefixed(decoder, state, "decoder.", path)
     size = hp.get("image_size")
     return Stage1Model(
         mapper=mapper.to(device).eval(),

@@ -13,7 +13,7 @@ from torch import nn
 from data.errors import UserError
 from data.images import composite_over_white, read_image
 from data.reader import MultiViewFile
-from models.checkpoints import load_state_into, safe_load
+from models.checkpoints import load_prefixed, safe_load
 from models.decoder import Decoder
 from models.encoder import check_images
 from models.metrics import depth_l1, mask_iou, occupancy_iou
@@ -51,18 +51,8 @@ def load_svr(path: str | os.PathLike, device: str | torch.device = "cpu") -> SVR
     config = SVRConfig.from_dict(hparams["config"])
     encoder, decoder = config.encoder.build(), config.decoder.build()
     state = ckpt["state_dict"]
-    load_state_into(
-        encoder,
-        {k[8:]: v for k, v in state.items() if k.startswith("encoder.")},
-        path,
-        prefix="encoder.",
-    )
-    load_state_into(
-        decoder,
-        {k[8:]: v for k, v in state.items() if k.startswith("decoder.")},
-        path,
-        prefix="decoder.",
-    )
+    load_prefixed(encoder, state, "encoder.", path)
+    load_prefixed(decoder, state, "decoder.", path)
     size = hparams.get("image_size")
     return SVRModel(
         encoder=encoder.to(device).eval(),

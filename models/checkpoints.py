@@ -219,6 +219,59 @@ def load_state_into(
     module.load_state_dict(full, strict=True)
 
 
+def load_prefixed(
+    module: nn.Module, state: Mapping[str, Any], prefix: str, path: str | os.PathLike
+) -> None:
+    """Load the ``prefix``-ed part of a composite state dict (e.g. a Lightning module's
+    ``decoder.*`` keys) into ``module``, with :func:`load_state_into`'s checks and errors."""
+    part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    load_state_into(module, part, path, prefix=prefix)
+
+
+#: What :func:`slim_checkpoint` keeps of a Lightning checkpoint.
+SLIM_KEYS = ("state_dict", "hyper_parameters", "global_step", "epoch")
+
+
+def slim_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, half: bool = False
+) -> dict[str, int]:
+    """Write the weights and hyperparameters of a Lightning checkpoint, without optimizer state.
+
+    The result loads wherever the full checkpoint does for inference (``load_svr``,
+    ``load_stage1``) but cannot resume training. Written to a temporary name, then renamed.
+
+    Args:
+        src: a ``.ckpt`` written by an ``iss3d fit`` command.
+        dst: the output file.
+        half: store floating-point tensors as float16 (loaders convert back to the model's
+            dtype); halves the size, for shipping small models.
+
+    Returns:
+        ``{"bytes_in": ..., "bytes_out": ..., "tensors": ...}``.
+
+    Raises:
+        UserError: unreadable file, or not a Lightning checkpoint (no state_dict /
+            hyper_parameters).
+    """
+    ckpt = safe_load(src, "checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(
+            f"{src}: not an iss3d training checkpoint (no state_dict / hyper_parameters)"
+        )
+    out = {k: ckpt[k] for k in SLIM_KEYS if k in ckpt}
+    if half:
+        out["state_dict"] = {
+            k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
+        }
+    with atomic_output(dst) as tmp:
+        torch.save(out, tmp)
+    return {
+        "bytes_in": Path(src).stat().st_size,
+        "bytes_out": Path(dst).stat().st_size,
+        "tensors": len(out["state_dict"]),
+    }
+
+
 def _plain_meta(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
