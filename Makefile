@@ -6,9 +6,13 @@ STAMP := $(VENV)/.installed
 # Nothing in the tests or the demo may wait on the network.
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 DEMO_DIR ?= demo
+# `make models`: where the world and the training runs go, and where the shipped weights land.
+MODELS_WORK ?= runs/models
+PRETRAINED := models/pretrained
+ISS3D := $(OFFLINE) $(VENV)/bin/iss3d
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo lint format bench lock clean
+.PHONY: help setup test demo models lint format bench lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +32,45 @@ demo: setup ## Build a small synthetic dataset and its contact sheet in $(DEMO_D
 	$(OFFLINE) $(VENV)/bin/iss3d data synth --out $(DEMO_DIR)/world.h5 --objects 48 --views 8 --res 64 --seed 0
 	$(OFFLINE) $(VENV)/bin/iss3d data info $(DEMO_DIR)/world.h5
 	$(OFFLINE) $(VENV)/bin/iss3d data sheet $(DEMO_DIR)/world.h5 -o $(DEMO_DIR)/sheet.png --objects 12
+
+models: setup ## Retrain the shipped tiny models from scratch on CPU (world, SVR, 2 CLIPs, stage 1)
+	$(MAKE) $(PRETRAINED)/svr.pt $(PRETRAINED)/clip.pt $(PRETRAINED)/clip-judge.pt $(PRETRAINED)/stage1.ckpt
+
+$(MODELS_WORK)/world.h5:
+	mkdir -p $(MODELS_WORK)
+	$(ISS3D) data synth --out $@ --objects 500 --views 24 --res 64 --seed 0
+
+$(MODELS_WORK)/svr/checkpoints/last.ckpt: $(MODELS_WORK)/world.h5
+	$(ISS3D) fit svr --config svr/tiny --data $< --out $(MODELS_WORK)/svr --no-progress
+
+$(MODELS_WORK)/clip/clip.pt: $(MODELS_WORK)/world.h5
+	$(ISS3D) fit clip --config clip/tiny --data $< --out $(MODELS_WORK)/clip --no-progress
+
+# The judge: the same recipe with another seed, for scores the guiding CLIP did not optimise.
+$(MODELS_WORK)/clip-judge/clip.pt: $(MODELS_WORK)/world.h5
+	$(ISS3D) fit clip --config clip/tiny --data $< --out $(MODELS_WORK)/clip-judge --no-progress \
+		run.seed=1 run.name=judge
+
+$(MODELS_WORK)/stage1/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt
+	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
+		--svr $(MODELS_WORK)/svr/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
+		--out $(MODELS_WORK)/stage1
+
+$(PRETRAINED)/svr.pt: $(MODELS_WORK)/svr/checkpoints/last.ckpt
+	mkdir -p $(PRETRAINED)
+	$(ISS3D) slim $< --out $@ --half
+
+$(PRETRAINED)/stage1.ckpt: $(MODELS_WORK)/stage1/checkpoints/last.ckpt
+	mkdir -p $(PRETRAINED)
+	$(ISS3D) slim $< --out $@ --half
+
+$(PRETRAINED)/clip.pt: $(MODELS_WORK)/clip/clip.pt
+	mkdir -p $(PRETRAINED)
+	cp $< $@
+
+$(PRETRAINED)/clip-judge.pt: $(MODELS_WORK)/clip-judge/clip.pt
+	mkdir -p $(PRETRAINED)
+	cp $< $@
 
 lint: setup ## Check style with ruff
 	$(VENV)/bin/ruff check .

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
@@ -54,6 +53,7 @@ from models.clip import (
 )
 from models.clip import _simple_tokenizer as simple_tokenizer
 from train.runs import RunConfig, TrainerConfig
+from train.system import DataSystem
 
 __all__ = [
     "ClipAugmentConfig",
@@ -401,7 +401,7 @@ def check_captions(file: MultiViewFile, split: str | None) -> None:
 # -- the Lightning system ------------------------------------------------------------------------
 
 
-class ClipSystem(pl.LightningModule):
+class ClipSystem(DataSystem):
     """A small open_clip model trained contrastively on (view, caption) pairs.
 
     Args:
@@ -437,7 +437,6 @@ class ClipSystem(pl.LightningModule):
         a = cfg.augment
         self.augment = RandomResizedCrop(a.scale, a.ratio, a.flip) if a.crop else None
         self._tokens: dict[str, torch.Tensor] = {}
-        self._file: MultiViewFile | None = None
         self._classes: ZeroShotClasses | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -461,15 +460,6 @@ class ClipSystem(pl.LightningModule):
             for c, t in zip(todo, self.tokenizer(todo), strict=True):
                 self._tokens[c] = t
         return torch.stack([self._tokens[c] for c in captions]).to(self.device)
-
-    @property
-    def file(self) -> MultiViewFile:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "file"):
-            return dm.file
-        if self._file is None:
-            self._file = MultiViewFile(self.cfg.data.path)
-        return self._file
 
     # -- training -----------------------------------------------------------------------------
     def features(

@@ -1,7 +1,7 @@
 """ISS stage 1: map CLIP image features into the SVR shape space; fine-tune the decoder.
 
 ``Stage1Config`` and the Lightning ``Stage1System``; ``iss3d fit stage1`` runs
-:func:`fit_stage1_command`.
+:func:`fit_stage1` (through train/commands.py).
 
 Models: the trained SVR model's encoder E_S (frozen, eval) and decoder D (fine-tuned), the CLIP
 model (frozen, eval; kept out of the checkpoints) and the mapper M (trained from scratch).
@@ -38,23 +38,18 @@ the CLIP model that is everything stage 2 needs (:func:`infer.stage1.load_stage1
 
 from __future__ import annotations
 
-import argparse
 import math
-import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from data.datamodule import DataConfig
 from data.errors import UserError
-from data.reader import MultiViewFile
 from models import config as config_lib
 from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
@@ -70,6 +65,7 @@ from train.svr import (
     svr_losses,
     weighted_total,
 )
+from train.system import DataSystem
 
 __all__ = [
     "Stage1Config",
@@ -78,7 +74,6 @@ __all__ = [
     "Stage1System",
     "background_ray_loss",
     "fit_stage1",
-    "fit_stage1_command",
 ]
 
 
@@ -217,7 +212,7 @@ class _Frozen:
         self.module = module
 
 
-class Stage1System(pl.LightningModule):
+class Stage1System(DataSystem):
     """ISS stage 1: train M on CLIP image features -> SVR latents, fine-tune D with L_D + L_bg.
 
     Args:
@@ -266,7 +261,6 @@ class Stage1System(pl.LightningModule):
             }
         )
         self.image_dir = Path(image_dir) if image_dir is not None else None
-        self._file: MultiViewFile | None = None
         self._val: dict[str, list] = {}
 
     # -- frozen parts ---------------------------------------------------------------------------
@@ -283,16 +277,6 @@ class Stage1System(pl.LightningModule):
         super().train(mode)
         self.encoder.eval()
         return self
-
-    @property
-    def file(self) -> MultiViewFile:
-        """The training file (the datamodule's when there is one)."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "file"):
-            return dm.file
-        if self._file is None:
-            self._file = MultiViewFile(self.cfg.data.path)
-        return self._file
 
     def on_fit_start(self) -> None:
         if self.hparams.get("image_size") is None:
@@ -472,25 +456,7 @@ class Stage1System(pl.LightningModule):
                 self.log(name, value, prog_bar=name == "val/iou_mapper")
         rows = v.get("rows", [])[: self.cfg.val.image_objects]
         if rows and not self.trainer.sanity_checking:
-            self._save_grid(rows)
-
-    def _save_grid(self, rows: list[list[torch.Tensor]]) -> None:
-        """One row per object: GT | from E_S(I) | from M(f_I) | from M(f_T), PNG and loggers."""
-        grid = torch.cat([torch.cat(r, dim=-1) for r in rows], dim=-2)  # (3, rows*H, 4*W)
-        array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        step = int(self.global_step)
-        if self.image_dir is not None:
-            from PIL import Image
-
-            from data.atomic import atomic_output
-
-            self.image_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_output(self.image_dir / f"step_{step}.png") as tmp:
-                Image.fromarray(array).save(tmp, format="PNG")
-        for logger in self.loggers:
-            log_image = getattr(logger, "log_image", None)
-            if callable(log_image):
-                log_image(key="val/images", images=[array], step=step)
+            self.save_grid(rows)
 
 
 def check_dimensions(cfg: Stage1Config, svr, clip) -> None:
@@ -510,39 +476,6 @@ def check_dimensions(cfg: Stage1Config, svr, clip) -> None:
 
 
 # -- entry point ------------------------------------------------------------------------------
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    parts = ["iss3d", "fit", "stage1", "--config", str(args.config)]
-    for flag, value in (("--svr", args.svr), ("--clip", args.clip), ("--data", args.data)):
-        if value is not None:
-            parts += [flag, str(value)]
-    if args.out is not None:
-        parts += ["--out", str(args.out)]
-    if args.resume:
-        parts.append("--resume")
-    if args.no_progress:
-        parts.append("--no-progress")
-    return shlex.join(parts + list(args.overrides))
-
-
-def fit_stage1_command(args: argparse.Namespace) -> int:
-    """``iss3d fit stage1``: config + flags + overrides -> :func:`fit_stage1`."""
-    from train import runs
-
-    overrides: list = list(args.overrides)
-    for key, value in (("data.path", args.data), ("svr", args.svr), ("clip", args.clip)):
-        if value is not None:
-            overrides.append((key, str(value)))
-    raw = runs.apply_overrides(
-        runs.read_yaml(runs.find_config(args.config)), overrides, Stage1Config
-    )
-    if not isinstance(raw.get("data"), dict) or raw["data"].get("path") in (None, ""):
-        raise UserError("no dataset: give --data FILE (or data.path in the config)")
-    cfg = Stage1Config.from_dict(raw)
-    if args.resume and args.out is None:
-        raise UserError("--resume needs --out (the run folder to continue)")
-    return fit_stage1(cfg, args.out, _command_line(args), args.resume, not args.no_progress)
 
 
 def fit_stage1(

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 from data.cameras import rays
@@ -43,6 +42,7 @@ from models.encoder import EncoderConfig
 from models.metrics import depth_l1, mask_iou, occupancy_iou
 from models.renderer import MarchConfig, RayHits, Renderer, cube_interval, trace_surface
 from train.runs import RunConfig, TrainerConfig
+from train.system import DataSystem
 
 __all__ = [
     "LOSS_NAMES",
@@ -53,6 +53,7 @@ __all__ = [
     "SVROptimConfig",
     "SVRSystem",
     "SVRValConfig",
+    "fit_svr",
     "occupancy_targets",
     "ray_batch",
     "svr_losses",
@@ -388,7 +389,7 @@ def occupancy_targets(
 # -- the Lightning system -------------------------------------------------------------------
 
 
-class SVRSystem(pl.LightningModule):
+class SVRSystem(DataSystem):
     """DVR single-view reconstruction: encoder E_S + decoder D trained from multi-view images.
 
     Args:
@@ -407,19 +408,9 @@ class SVRSystem(pl.LightningModule):
         self.encoder = cfg.encoder.build()
         self.decoder = cfg.decoder.build()
         self.image_dir = Path(image_dir) if image_dir is not None else None
-        self._file: MultiViewFile | None = None
         self._val: dict[str, list] = {}
 
     # -- data access ------------------------------------------------------------------------
-    @property
-    def file(self) -> MultiViewFile:
-        """The training file (the datamodule's when there is one)."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "file"):
-            return dm.file
-        if self._file is None:
-            self._file = MultiViewFile(self.cfg.data.path)
-        return self._file
 
     def on_fit_start(self) -> None:
         # Saved with every checkpoint: the view size the encoder was trained on (used to check
@@ -511,22 +502,32 @@ class SVRSystem(pl.LightningModule):
             self.log("val/depth_l1", d.mean().item() if len(d) else math.nan)
         rows = v.get("rows", [])[: self.cfg.val.image_objects]
         if rows and not self.trainer.sanity_checking:
-            self._save_grid(rows)
+            self.save_grid(rows)
 
-    def _save_grid(self, rows: list[list[torch.Tensor]]) -> None:
-        """One row per object: input view | GT other view | prediction, as a PNG and to loggers."""
-        grid = torch.cat([torch.cat(r, dim=-1) for r in rows], dim=-2)  # (3, rows*H, 3*W)
-        array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        step = int(self.global_step)
-        if self.image_dir is not None:
-            from PIL import Image
 
-            from data.atomic import atomic_output
+# -- entry point ------------------------------------------------------------------------------
 
-            self.image_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_output(self.image_dir / f"step_{step}.png") as tmp:
-                Image.fromarray(array).save(tmp, format="PNG")
-        for logger in self.loggers:
-            log_image = getattr(logger, "log_image", None)
-            if callable(log_image):
-                log_image(key="val/images", images=[array], step=step)
+
+def fit_svr(
+    cfg: SVRConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
+) -> int:
+    """Validate the data, prepare the run folder and train. Returns 0."""
+    from data.datamodule import MultiViewDataModule
+    from train import runs
+
+    datamodule = MultiViewDataModule(cfg.data)
+    datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder
+    if len(datamodule.dataset(cfg.data.val_split)) == 0 and cfg.trainer.val_check_interval > 0:
+        raise UserError(
+            f"{cfg.data.path}: no objects in the validation split {cfg.data.val_split!r} "
+            "(set trainer.val_check_interval=0 to train without validation)"
+        )
+    run_dir = runs.RunDir(out if out is not None else runs.default_run_dir("svr", cfg.run.name))
+    config_dict = cfg.to_dict()
+    ckpt = run_dir.check(config_dict, resume)
+    system = SVRSystem(cfg, image_dir=run_dir.path / "val")
+    run_dir.create(config_dict, command)
+    trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "svr", enable_progress_bar=progress)
+    runs.fit(trainer, system, datamodule, ckpt)
+    print(f"run folder: {run_dir.path} (step {trainer.global_step})")
+    return 0

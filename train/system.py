@@ -1,0 +1,55 @@
+"""What every iss3d Lightning system shares: its training file and its validation image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from data.atomic import atomic_output
+from data.reader import MultiViewFile
+
+__all__ = ["DataSystem"]
+
+
+class DataSystem(pl.LightningModule):
+    """A LightningModule trained on one multi-view file (``self.cfg.data.path``).
+
+    Subclasses set ``self.cfg`` (with a ``data`` section) and may set ``self.image_dir`` (where
+    :meth:`save_grid` writes ``step_<k>.png``; None: not written).
+    """
+
+    _file: MultiViewFile | None = None
+    image_dir: Path | None = None
+
+    @property
+    def file(self) -> MultiViewFile:
+        """The training file (the datamodule's when there is one, else opened once)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "file"):
+            return dm.file
+        if self._file is None:
+            self._file = MultiViewFile(self.cfg.data.path)
+        return self._file
+
+    def save_grid(self, rows: list[list[torch.Tensor]]) -> None:
+        """Write an image grid, one row per item, to ``image_dir`` and to image-aware loggers.
+
+        Args:
+            rows: each a list of (3, H, W) float images in [0, 1], the same count per row.
+        """
+        grid = torch.cat([torch.cat(r, dim=-1) for r in rows], dim=-2)  # (3, rows*H, cols*W)
+        array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        step = int(self.global_step)
+        if self.image_dir is not None:
+            from PIL import Image
+
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_output(self.image_dir / f"step_{step}.png") as tmp:
+                Image.fromarray(array).save(tmp, format="PNG")
+        for logger in self.loggers:
+            log_image = getattr(logger, "log_image", None)
+            if callable(log_image):
+                log_image(key="val/images", images=[array], step=step)
