@@ -10,7 +10,9 @@ from infer import (
     checkpoint_commands,
     clip_commands,
     data_commands,
+    evaluate_commands,
     generate_commands,
+    stylize_commands,
     svr_commands,
 )
 from train import commands as train_commands
@@ -27,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     svr_commands.register(commands)
     clip_commands.register(commands)
     generate_commands.register(commands)
+    stylize_commands.register(commands)
     checkpoint_commands.register(commands)
+    evaluate_commands.register(commands)
     return parser
 
 

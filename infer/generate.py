@@ -13,6 +13,8 @@ when K > 1):
 - ``report.json``: the prompt, the seed, the resolved config, the CLIP score per step and
   before / after on the evaluation views, time per phase, device and versions; at the top
   level also the diversity of the K shapes (mean pairwise volumetric IoU and Chamfer distance).
+- ``latent.pt``: the final latent c with the stage-1 checkpoint and CLIP model used
+  (:func:`infer.stylize.save_latent`), for ``iss3d stylize``.
 - ``config.yaml`` (the resolved config) and ``command.txt``, at the top level.
 
 Everything is written into a temporary sibling folder renamed to ``OUT`` at the end, so an
@@ -436,6 +438,7 @@ def _generate(
     from infer.export import render_turntable, save_mesh, save_turntable
     from infer.guidance import Guide, PromptSchedule
     from infer.stage2 import run_stage2
+    from infer.stylize import LATENT_FILE, save_latent
     from models.clip import load_clip
     from models.mesh import MeshConfig, extract_mesh
     from models.renderer import MarchConfig, Renderer
@@ -511,6 +514,15 @@ def _generate(
                 bar.close()
             times["stage2_s"] = result.seconds
             c_after = result.latent_after
+            save_latent(
+                target / LATENT_FILE,
+                c_after,
+                prompt=prompt,
+                stage1=stage1_path,
+                clip=clip_spec,
+                decoder=model.decoder,
+                latent_before=result.latent_before,
+            )
 
             t0 = time.perf_counter()
             mesh = extract_mesh(model.decoder, c_after, mesh_cfg)

@@ -31,7 +31,7 @@ import torch
 
 from data.cameras import pixel_coords, rays
 from data.errors import UserError
-from infer.guidance import Augmenter, GuidanceConfig, Guide, reduce_views
+from infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
 from infer.view_sampling import CameraConfig, Views, sample_views
 from models import config as config_lib
 from models.mapper import Mapper, perturb_feature
@@ -39,9 +39,12 @@ from models.renderer import ImplicitField, MarchConfig, Renderer, cube_interval
 
 __all__ = [
     "DiversityConfig",
+    "GuidedLoss",
     "RenderedViews",
     "Stage2Config",
     "Stage2Result",
+    "guided_loss",
+    "make_augmenter",
     "render_views",
     "run_stage2",
 ]
@@ -189,6 +192,69 @@ def render_views(
     )
 
 
+# -- one guided step (stage 2 and stylization) ---------------------------------------------------
+
+
+@dataclass
+class GuidedLoss:
+    """The CLIP guidance of one step on V views of one latent.
+
+    total: ``lambda_clip * loss_clip + lambda_bg * loss_bg``, a differentiable scalar.
+    loss_clip: L_C of the augmented renders (:meth:`infer.guidance.Guide.loss`).
+    loss_bg: L_bg, the views' background losses reduced like L_C.
+    score: the CLIP score: mean cosine between the first CLIP model's embeddings of the
+        un-augmented renders and ``guide.prompt_feature``.
+    rendered: the renders (:class:`RenderedViews`).
+    """
+
+    total: torch.Tensor
+    loss_clip: torch.Tensor
+    loss_bg: torch.Tensor
+    score: float
+    rendered: RenderedViews
+
+
+def make_augmenter(
+    cfg: AugmentConfig, generator: torch.Generator, device: torch.device
+) -> Augmenter:
+    """An :class:`Augmenter` drawing from the CPU ``generator``; off the CPU its crops draw
+    from a device generator seeded from ``generator`` (one draw)."""
+    device_generator = None
+    if device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        device_generator = torch.Generator(device).manual_seed(seed)
+    return Augmenter(cfg, generator, device_generator)
+
+
+def guided_loss(
+    renderer: Renderer,
+    field: ImplicitField,
+    c: torch.Tensor,
+    views: Views,
+    guide: Guide,
+    augment: Augmenter,
+    guidance: GuidanceConfig,
+    resolution: int,
+    padding: float,
+    pixel_convention: str = "center",
+) -> GuidedLoss:
+    """Render ``c`` (1, c_dim) through ``field`` from ``views`` (:func:`render_views`), augment
+    the renders and compute ``lambda_clip * L_C + lambda_bg * L_bg`` (weights and the
+    reduction over views from ``guidance``). Gradients reach whatever requires them: the
+    latent (stage 2) or the field's parameters (stylization)."""
+    r = render_views(renderer, field, c, views, resolution, padding, pixel_convention)
+    images = augment(r.rgb, r.foreground)
+    loss_clip, _, embeddings = guide.loss(images, views.azimuth, views.elevation)
+    loss_bg = reduce_views(r.bg_loss, guidance.aggregation)
+    total = guidance.lambda_clip * loss_clip + guidance.lambda_bg * loss_bg
+    with torch.no_grad():
+        emb = embeddings[0]
+        if guidance.augment.active or emb is None:
+            emb = guide.clips[0].encode_image(r.rgb.detach())
+        score = float((emb @ guide.prompt_feature.to(emb.device).reshape(-1)).mean())
+    return GuidedLoss(total, loss_clip, loss_bg, score, r)
+
+
 # -- the loop -----------------------------------------------------------------------------------
 
 
@@ -250,41 +316,35 @@ def run_stage2(
     tuned = copy.deepcopy(mapper).train().requires_grad_(True)
     with torch.no_grad():
         latent_before = mapper(f_in).detach()
-    device_generator = None
-    if device.type != "cpu":
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        device_generator = torch.Generator(device).manual_seed(seed)
-    augment = Augmenter(cfg.guidance.augment, generator, device_generator)
+    augment = make_augmenter(cfg.guidance.augment, generator, device)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    g = cfg.guidance
-    prompt_feature = guide.prompt_feature.to(device).reshape(-1)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for step in range(cfg.steps):
         t0 = time.perf_counter()
         views = sample_views(cfg.cameras, cfg.views, generator)
         c = tuned(f_in)
-        r = render_views(
-            renderer, decoder, c, views, cfg.resolution, cfg.march.padding, cfg.pixel_convention
+        out = guided_loss(
+            renderer,
+            decoder,
+            c,
+            views,
+            guide,
+            augment,
+            cfg.guidance,
+            cfg.resolution,
+            cfg.march.padding,
+            cfg.pixel_convention,
         )
-        images = augment(r.rgb, r.foreground)
-        loss_clip, _, embeddings = guide.loss(images, views.azimuth, views.elevation)
-        loss_bg = reduce_views(r.bg_loss, g.aggregation)
-        total = g.lambda_clip * loss_clip + g.lambda_bg * loss_bg
-        with torch.no_grad():
-            emb = embeddings[0]
-            if g.augment.active or emb is None:
-                emb = guide.clips[0].encode_image(r.rgb.detach())
-            score = float((emb @ prompt_feature.to(emb.device)).mean())
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        out.total.backward()
         optimizer.step()
         record = {
             "step": step,
-            "clip_score": score,
-            "loss": float(total.detach()),
-            "loss_clip": float(loss_clip.detach()),
-            "loss_bg": float(loss_bg.detach()),
+            "clip_score": out.score,
+            "loss": float(out.total.detach()),
+            "loss_clip": float(out.loss_clip.detach()),
+            "loss_bg": float(out.loss_bg.detach()),
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)

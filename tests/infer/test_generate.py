@@ -89,7 +89,7 @@ def test_generate_writes_every_output(stage1, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert "running on the CPU" in err
     names = {"mesh.glb", "mesh.ply", "turntable.gif", "turntable.png", "views.png"}
-    names |= {"report.json", "config.yaml", "command.txt"}
+    names |= {"report.json", "config.yaml", "command.txt", "latent.pt"}
     assert set(leftovers(out)) == names
     assert leftovers(tmp_path) == ["chair"]  # no temporary folder left
 

@@ -1,0 +1,792 @@
+"""``iss3d stylize``: restyle a generated shape with a text ("wooden"), the ISS way.
+
+Two modes (DESIGN.md, "Stylization"), both against the CLIP text feature of the style text
+and with the generated shape's latent c fixed:
+
+- ``texture``: the decoder is split into an occupancy branch D_o and a colour branch D_c
+  (:func:`models.decoder.split_branches`); only D_c is fine-tuned, so the shape cannot change
+  (its occupancy logits stay bit for bit the initial decoder's).
+- ``shape+texture``: a copy of the whole decoder D is fine-tuned with
+  ``L_C + lambda_prior * L_P``, where the 3D prior loss L_P = mean |D_o(p) - D'_o(p)| compares
+  the occupancy logits (or probabilities: ``prior.target``) of the tuned decoder D and of the
+  frozen initial decoder D' at points p drawn each step, part uniform in the padded cube and
+  part near the initial surface.
+
+Each step renders ``views`` random views (:func:`infer.stage2.guided_loss`, the stage-2
+renderer and guidance), puts a random solid background colour behind every view (the preset's
+``guidance.augment.background: random``) and takes the loss over *all* views (the official
+texture code resets its loss inside the view loop, so only its last view counts). L_bg
+(``guidance.lambda_bg``) keeps the decoder-drawn background white, as stage 1 trained it.
+
+The run folder of ``iss3d generate`` holds ``latent.pt`` (:func:`save_latent`): the final
+latent c, the stage-1 checkpoint and the CLIP model it used. ``iss3d stylize RUN_DIR STYLE``
+writes ``RUN_DIR/style-<style>`` (``-shape`` appended in shape+texture mode) or ``--out``:
+``mesh.glb`` / ``mesh.ply`` with vertex colours, ``turntable.gif`` (+ ``.png`` strip),
+``views.png`` (a row per evaluation view: before | after), ``stylized.pt`` (the tuned decoder
+and c), ``report.json`` (IoU to the initial shape on a lattice, colour change, CLIP scores per
+step and before / after, times), ``config.yaml`` and ``command.txt``; all written into a
+temporary folder renamed at the end, so an error or Ctrl-C leaves nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import sys
+import time
+import unicodedata
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.errors import UserError
+from infer.generate import ExportConfig
+from infer.guidance import AugmentConfig, GuidanceConfig, Guide
+from infer.view_sampling import CameraConfig
+from models import config as config_lib
+from models.decoder import BranchedDecoder, Decoder, split_branches
+from models.renderer import ImplicitField, MarchConfig, Renderer, occupancy_in_chunks
+
+__all__ = [
+    "LATENT_FILE",
+    "MODES",
+    "PriorConfig",
+    "StyleConfig",
+    "StylizeConfig",
+    "StylizeResult",
+    "decoder_fingerprint",
+    "default_style_out",
+    "load_latent",
+    "load_stylize_config",
+    "occupancy_lattice",
+    "prior_loss",
+    "run_stylize",
+    "save_latent",
+    "shape_iou",
+    "stylize",
+]
+
+#: What ``iss3d generate`` writes beside each shape for ``iss3d stylize``.
+LATENT_FILE = "latent.pt"
+_LATENT_FORMAT = "iss3d-latent"
+_STYLIZED_FORMAT = "iss3d-stylized"
+MODES = ("texture", "shape+texture")
+Mode = Literal["texture", "shape+texture"]
+
+
+# -- configs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PriorConfig:
+    """The 3D prior loss L_P of shape+texture mode (YAML section ``stylize.prior``).
+
+    Attributes:
+        points: points per step where D_o and D'_o are compared.
+        near_surface: share of them near the initial surface: lattice points of a
+            ``grid``^3 lattice whose 26 neighbours straddle the initial surface, moved by a
+            uniform offset of up to one lattice cell; the rest are uniform in the padded cube.
+        grid: cells per side of that lattice (over the unit cube).
+        target: ``"logits"``: |D_o(p) - D'_o(p)| on occupancy logits (our default; the loss
+            also holds the field's slope, not just its sign); ``"probabilities"``: on
+            sigmoid(logit), which saturates away from the surface.
+    """
+
+    points: int = 4096
+    near_surface: float = 0.5
+    grid: int = 32
+    target: Literal["logits", "probabilities"] = "logits"
+
+    def __post_init__(self) -> None:
+        if self.points < 1:
+            raise UserError(f"prior config: 'points' must be >= 1, got {self.points}")
+        if not 0.0 <= self.near_surface <= 1.0:
+            raise UserError("prior config: 'near_surface' must be in [0, 1]")
+        if self.grid < 2:
+            raise UserError(f"prior config: 'grid' must be >= 2, got {self.grid}")
+
+
+def _random_background() -> GuidanceConfig:
+    return GuidanceConfig(augment=AugmentConfig(background="random"))
+
+
+@dataclass
+class StyleConfig:
+    """The stylization loop (YAML section ``stylize``).
+
+    Attributes:
+        mode: ``"texture"`` (colour branch only) or ``"shape+texture"`` (the whole decoder,
+            with L_P); ``--mode`` overrides it.
+        steps: optimisation steps.
+        views: views rendered per step, all of them in the loss.
+        resolution: render side in pixels.
+        lr, betas: Adam on the tuned decoder parameters.
+        march: the renderer's :class:`models.renderer.MarchConfig`.
+        pixel_convention: "center" or "dvr".
+        cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
+        guidance: the CLIP guidance (:class:`infer.guidance.GuidanceConfig`); the default
+            background is ``random`` (one random colour per view and step).
+        lambda_prior: weight of L_P in shape+texture mode (unused in texture mode, where the
+            occupancy cannot change).
+        prior: where and how L_P compares the decoders (:class:`PriorConfig`).
+        iou_grid: cells per side of the lattice ((n+1)^3 points over the unit cube) on which
+            the report's IoU to the initial shape is measured.
+    """
+
+    mode: Mode = "texture"
+    steps: int = 30
+    views: int = 10
+    resolution: int = 90
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    march: MarchConfig = field(default_factory=MarchConfig)
+    pixel_convention: Literal["center", "dvr"] = "center"
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    guidance: GuidanceConfig = field(default_factory=_random_background)
+    lambda_prior: float = 1.0
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    iou_grid: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "views"):
+            if getattr(self, name) <= 0:
+                raise UserError(
+                    f"stylize config: {name!r} must be positive, got {getattr(self, name)}"
+                )
+        if self.resolution < 8:
+            raise UserError(
+                f"stylize config: 'resolution' must be at least 8, got {self.resolution}"
+            )
+        if self.lr <= 0:
+            raise UserError(f"stylize config: 'lr' must be > 0, got {self.lr}")
+        if self.lambda_prior < 0:
+            raise UserError(f"stylize config: 'lambda_prior' must be >= 0, got {self.lambda_prior}")
+        if self.iou_grid < 2:
+            raise UserError(f"stylize config: 'iou_grid' must be >= 2, got {self.iou_grid}")
+        m = self.march
+        if m.n_steps < 2 or m.n_secant < 0 or m.chunk < 1 or m.padding < 0:
+            raise UserError(
+                "stylize config: march needs n_steps >= 2, n_secant >= 0, chunk >= 1, padding >= 0"
+            )
+
+
+@dataclass
+class StylizeConfig:
+    """A ``configs/stylize/*.yaml`` preset: the loop and the export of its result."""
+
+    stylize: StyleConfig = field(default_factory=StyleConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> StylizeConfig:
+        return config_lib.from_dict(cls, d, "stylize config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_lib.to_dict(self)
+
+
+def load_stylize_config(
+    preset: str, overrides: list[str | tuple[str, Any]] | tuple = ()
+) -> StylizeConfig:
+    """A preset name (``configs/stylize/<name>.yaml``) or a YAML path, plus ``key=value``
+    overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
+    from train import runs
+
+    path = Path(preset)
+    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"stylize/{preset}"
+    raw = runs.apply_overrides(runs.read_yaml(runs.find_config(spec)), overrides, StylizeConfig)
+    return StylizeConfig.from_dict(raw)
+
+
+# -- the latent file written by generate ----------------------------------------------------------
+
+
+def decoder_fingerprint(decoder: nn.Module) -> str:
+    """sha256 of a module's state (keys, dtypes, shapes and values): which decoder a latent
+    belongs to."""
+    h = hashlib.sha256()
+    for key, value in sorted(decoder.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_latent(
+    path: str | Path,
+    latent: torch.Tensor,
+    *,
+    prompt: str,
+    stage1: str | Path,
+    clip: str,
+    decoder: nn.Module,
+    latent_before: torch.Tensor | None = None,
+) -> Path:
+    """Write ``latent.pt``: what ``iss3d stylize`` needs to rebuild a generated shape.
+
+    Contents (``torch.load(..., weights_only=True)`` reads it): ``format``
+    ("iss3d-latent"), ``version`` 1, ``latent`` (1, c_dim) float32, ``latent_before`` (the
+    shape before stage 2) or None, ``prompt``, ``stage1`` (the checkpoint's absolute path),
+    ``clip`` (the CLIP spec; absolute when it is a file), ``decoder_sha256``
+    (:func:`decoder_fingerprint` of the stage-1 decoder).
+    """
+    stage1_path = Path(stage1).resolve()
+    clip_path = Path(clip)
+    data = {
+        "format": _LATENT_FORMAT,
+        "version": 1,
+        "latent": latent.detach().float().cpu().reshape(1, -1).clone(),
+        "latent_before": None
+        if latent_before is None
+        else latent_before.detach().float().cpu().reshape(1, -1).clone(),
+        "prompt": prompt,
+        "stage1": str(stage1_path),
+        "clip": str(clip_path.resolve()) if clip_path.is_file() else str(clip),
+        "decoder_sha256": decoder_fingerprint(decoder),
+    }
+    path = Path(path)
+    torch.save(data, path)
+    return path
+
+
+def load_latent(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``RUN_DIR/latent.pt`` (see :func:`save_latent`).
+
+    Raises:
+        UserError: RUN_DIR is missing or not a folder, holds several samples, is not a
+            generate folder, or its latent file is unreadable or not one.
+    """
+    from models.checkpoints import safe_load
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such folder")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a folder (expected an `iss3d generate` output folder)")
+    path = run_dir / LATENT_FILE
+    if not path.is_file():
+        samples = sorted(p.name for p in run_dir.glob("sample_*") if (p / LATENT_FILE).is_file())
+        if samples:
+            raise UserError(
+                f"{run_dir}: a folder of several samples ({', '.join(samples[:3])}"
+                f"{', ...' if len(samples) > 3 else ''}); stylize one of them, e.g. "
+                f"{run_dir / samples[0]}"
+            )
+        if (run_dir / "report.json").is_file() and (run_dir / "turntable.gif").is_file():
+            raise UserError(
+                f"{run_dir}: has no {LATENT_FILE} (written by an older `iss3d generate`?); "
+                "generate the shape again"
+            )
+        raise UserError(f"{run_dir}: not an `iss3d generate` output folder (no {LATENT_FILE})")
+    data = safe_load(path, what="latent")
+    keys = ("format", "latent", "stage1", "clip", "prompt")
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != _LATENT_FORMAT
+        or not all(k in data for k in keys)
+    ):
+        raise UserError(f"{path}: not an iss3d latent file")
+    c = data["latent"]
+    if not isinstance(c, torch.Tensor) or c.dim() != 2 or c.shape[0] != 1:
+        raise UserError(f"{path}: the latent must be a (1, c_dim) tensor")
+    if not torch.isfinite(c).all():
+        raise UserError(f"{path}: the latent has non-finite values")
+    return data
+
+
+# -- losses and measures ---------------------------------------------------------------------------
+
+
+def occupancy_lattice(grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(1, (grid+1)^3, 3) points of a regular lattice over the unit cube [-0.5, 0.5]^3,
+    indexed [x, y, z] (x slowest)."""
+    axis = torch.linspace(-0.5, 0.5, grid + 1, device=device)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+
+
+@torch.no_grad()
+def shape_iou(
+    a: ImplicitField, b: ImplicitField, c: torch.Tensor, grid: int = 64, chunk: int = 65536
+) -> float:
+    """Volumetric IoU of two fields' shapes for latent ``c`` (1, c_dim): the occupied points
+    (logit > 0) of the (grid+1)^3 :func:`occupancy_lattice`. 1.0 when both are empty."""
+    points = occupancy_lattice(grid, c.device)
+    inside_a = occupancy_in_chunks(a, c, points, chunk)[0] > 0
+    inside_b = occupancy_in_chunks(b, c, points, chunk)[0] > 0
+    union = int((inside_a | inside_b).sum())
+    return 1.0 if union == 0 else int((inside_a & inside_b).sum()) / union
+
+
+@torch.no_grad()
+def _surface_points(field: ImplicitField, c: torch.Tensor, grid: int, chunk: int) -> torch.Tensor:
+    """(M, 3) lattice points (``grid``^3 cells over the unit cube) with an occupancy different
+    from one of their 26 neighbours: the points next to the surface (M may be 0)."""
+    points = occupancy_lattice(grid, c.device)
+    n = grid + 1
+    inside = (occupancy_in_chunks(field, c, points, chunk)[0] > 0).float().reshape(1, 1, n, n, n)
+    any_in = F.max_pool3d(inside, 3, stride=1, padding=1)
+    any_out = F.max_pool3d(1.0 - inside, 3, stride=1, padding=1)
+    near = ((any_in > 0) & (any_out > 0)).reshape(-1)
+    return points[0, near]
+
+
+def _prior_points(
+    surface: torch.Tensor,
+    cfg: PriorConfig,
+    half: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """(1, cfg.points, 3): near-surface points (``surface`` jittered by up to a lattice cell)
+    and uniform points in [-half, half]^3, drawn from the CPU ``generator``."""
+    n_near = round(cfg.points * cfg.near_surface) if len(surface) else 0
+    uniform = (torch.rand(cfg.points - n_near, 3, generator=generator) * 2 - 1) * half
+    parts = [uniform]
+    if n_near:
+        index = torch.randint(0, len(surface), (n_near,), generator=generator)
+        cell = 1.0 / cfg.grid
+        jitter = (torch.rand(n_near, 3, generator=generator) * 2 - 1) * cell
+        parts.insert(0, surface.cpu()[index] + jitter)
+    return torch.cat(parts).to(device)[None]
+
+
+def prior_loss(
+    tuned: ImplicitField,
+    initial: ImplicitField,
+    c: torch.Tensor,
+    points: torch.Tensor,
+    target: str = "logits",
+) -> torch.Tensor:
+    """L_P = mean over ``points`` (1, N, 3) of |D_o(p) - D'_o(p)|, D_o the tuned decoder's
+    occupancy and D'_o the initial one's (no gradient), as logits or probabilities
+    (``target``). Returns a scalar."""
+    with torch.no_grad():
+        reference = initial.occupancy(points, c)
+    current = tuned.occupancy(points, c)
+    if target == "probabilities":
+        current, reference = torch.sigmoid(current), torch.sigmoid(reference)
+    elif target != "logits":
+        raise ValueError(f"unknown prior target {target!r}")
+    return (current - reference).abs().mean()
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StylizeResult:
+    """What a stylization run gives.
+
+    decoder: the tuned field (eval mode, frozen): a :class:`models.decoder.BranchedDecoder`
+        in texture mode, a :class:`models.decoder.Decoder` in shape+texture mode.
+    mode: the mode run.
+    history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "loss_prior",
+        "seconds"}`` (loss_prior 0 in texture mode).
+    seconds: wall time of the loop.
+    """
+
+    decoder: nn.Module
+    mode: str
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _trainable(decoder: Decoder, mode: str) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The field to tune and the parameters to optimise (copies; ``decoder`` is untouched)."""
+    if mode == "texture":
+        branched: BranchedDecoder = split_branches(decoder).eval()
+        branched.requires_grad_(False)
+        params = list(branched.color_parameters())
+        for p in params:
+            p.requires_grad_(True)
+        return branched, params
+    if mode == "shape+texture":
+        tuned = copy.deepcopy(decoder).eval().requires_grad_(True)
+        return tuned, list(tuned.parameters())
+    raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def run_stylize(
+    decoder: Decoder,
+    c: torch.Tensor,
+    guide: Guide,
+    cfg: StyleConfig,
+    generator: torch.Generator,
+    *,
+    mode: str | None = None,
+    renderer: Renderer | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> StylizeResult:
+    """Fine-tune a copy of ``decoder`` so that latent ``c`` looks like ``guide``'s text.
+
+    Args:
+        decoder: the stage-1 decoder D (not modified; frozen here).
+        c: (1, c_dim) the shape's latent, on the decoder's device (fixed).
+        guide: the style text and CLIP model(s) (:class:`infer.guidance.Guide`).
+        cfg: the loop's settings.
+        generator: a CPU ``torch.Generator``: cameras, backgrounds, augmentations and L_P's
+            points come from it (same seed, same result on the CPU).
+        mode: ``"texture"`` or ``"shape+texture"`` (default ``cfg.mode``).
+        renderer: the renderer (default: :class:`Renderer` with ``cfg.march``).
+        callback: called with each step's record (progress bars).
+    """
+    from infer.stage2 import guided_loss, make_augmenter
+    from infer.view_sampling import sample_views
+
+    mode = mode or cfg.mode
+    device = c.device
+    renderer = renderer or Renderer(cfg.march)
+    decoder.eval().requires_grad_(False)
+    c = c.detach()
+    tuned, params = _trainable(decoder, mode)
+    shape_mode = mode == "shape+texture"
+    surface = torch.zeros(0, 3)
+    if shape_mode and cfg.lambda_prior > 0 and cfg.prior.near_surface > 0:
+        surface = _surface_points(decoder, c, cfg.prior.grid, cfg.march.chunk)
+    half = 0.5 + cfg.march.padding / 2
+    augment = make_augmenter(cfg.guidance.augment, generator, device)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        t0 = time.perf_counter()
+        views = sample_views(cfg.cameras, cfg.views, generator)
+        out = guided_loss(
+            renderer,
+            tuned,
+            c,
+            views,
+            guide,
+            augment,
+            cfg.guidance,
+            cfg.resolution,
+            cfg.march.padding,
+            cfg.pixel_convention,
+        )
+        total = out.total
+        loss_prior = torch.zeros((), device=device)
+        if shape_mode and cfg.lambda_prior > 0:
+            points = _prior_points(surface, cfg.prior, half, generator, device)
+            loss_prior = prior_loss(tuned, decoder, c, points, cfg.prior.target)
+            total = total + cfg.lambda_prior * loss_prior
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        record = {
+            "step": step,
+            "clip_score": out.score,
+            "loss": float(total.detach()),
+            "loss_clip": float(out.loss_clip.detach()),
+            "loss_bg": float(out.loss_bg.detach()),
+            "loss_prior": float(loss_prior.detach()),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if callback is not None:
+            callback(record)
+    tuned.eval().requires_grad_(False)
+    return StylizeResult(tuned, mode, history, time.perf_counter() - start)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def check_style(style: str) -> str:
+    """The style text, checked like a prompt (UserError: empty, control characters)."""
+    from infer.generate import check_generation_prompt
+
+    if isinstance(style, str) and not style.strip():
+        raise UserError('empty style text (give some words, e.g. "wooden")')
+    return check_generation_prompt(style)
+
+
+def default_style_out(run_dir: str | Path, style: str, mode: str) -> Path:
+    """``RUN_DIR/style-<style as a file name>``, ``-shape`` appended in shape+texture mode."""
+    words = re.findall(r"\w+", unicodedata.normalize("NFKC", style).lower())
+    slug = "-".join(words)[:48].strip("-") or "style"
+    return Path(run_dir) / f"style-{slug}{'-shape' if mode == 'shape+texture' else ''}"
+
+
+@torch.no_grad()
+def _color_change(a: ImplicitField, b: ImplicitField, c: torch.Tensor, vertices: np.ndarray):
+    """Mean |rgb_a - rgb_b| (colours in [0, 1], averaged over channels) at mesh vertices."""
+    if len(vertices) == 0:
+        return None
+    pts = torch.from_numpy(np.asarray(vertices, dtype=np.float32)).to(c.device)
+    total = 0.0
+    for i in range(0, len(pts), 65536):
+        chunk = pts[None, i : i + 65536]
+        total += float((a.rgb(chunk, c) - b.rgb(chunk, c)).abs().mean(-1).sum())
+    return total / len(pts)
+
+
+def stylize(
+    run_dir: str | Path,
+    style: str,
+    cfg: StylizeConfig,
+    out: str | Path | None = None,
+    *,
+    mode: str | None = None,
+    seed: int = 0,
+    stage1: Path | None = None,
+    clip: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    command: str | None = None,
+    preset: str | None = None,
+    check_text: bool = True,
+) -> int:
+    """Stylize the shape of an ``iss3d generate`` folder and write every output to ``out``
+    (default :func:`default_style_out`).
+
+    ``mode``: overrides ``cfg.stylize.mode``. ``stage1`` / ``clip``: override the checkpoint
+    and CLIP model ``latent.pt`` records. ``check_text``: check the style text (the command
+    line has done it already).
+
+    Raises:
+        UserError: bad style text, mode, run folder, output folder, models or config (before
+            any work is done).
+    """
+    t_start = time.perf_counter()
+    if check_text:
+        check_style(style)
+    mode = mode or cfg.stylize.mode
+    if mode not in MODES:
+        raise UserError(f"--mode must be texture or shape+texture, got {mode!r}")
+    run_dir = Path(run_dir)
+    latent = load_latent(run_dir)
+    out = Path(out) if out is not None else default_style_out(run_dir, style, mode)
+    return _stylize(
+        run_dir, latent, style, cfg, out, mode, seed, stage1, clip, device, progress, command,
+        preset, t_start,
+    )  # fmt: skip
+
+
+def _stylize(
+    run_dir: Path,
+    latent: dict[str, Any],
+    style: str,
+    cfg: StylizeConfig,
+    out: Path,
+    mode: str,
+    seed: int,
+    stage1: Path | None,
+    clip: str | None,
+    device: str,
+    progress: bool,
+    command: str | None,
+    preset: str | None,
+    t_start: float,
+) -> int:
+    import yaml
+    from PIL import Image
+
+    from data.atomic import atomic_directory
+    from infer.export import render_turntable, save_mesh, save_turntable
+    from infer.generate import (
+        _Progress,
+        _score,
+        _write_json,
+        choose_device,
+        device_info,
+        resolve_models,
+        versions,
+        views_sheet,
+        warn,
+    )
+    from infer.guidance import PromptSchedule
+    from models.clip import load_clip
+    from models.mesh import MeshConfig, extract_mesh
+
+    st, ex = cfg.stylize, cfg.export
+    timings: dict[str, float] = {}
+    warnings_seen: list[str] = []
+    with atomic_directory(out) as folder:
+        t0 = time.perf_counter()
+        dev, note = choose_device(device)
+        torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
+        stage1_path = Path(stage1) if stage1 is not None else Path(latent["stage1"])
+        if stage1 is None and not stage1_path.is_file():
+            raise UserError(
+                f"{run_dir}: was generated with {stage1_path}, which does not exist; pass "
+                "--stage1 CKPT"
+            )
+        clip_spec = clip if clip is not None else latent["clip"]
+        try:
+            model, stage1_path, clip_model, clip_spec = resolve_models(stage1_path, clip_spec, dev)
+        except UserError as err:
+            if clip is None and str(clip_spec) in str(err):
+                raise UserError(
+                    f"{err} (the CLIP model {LATENT_FILE} records; pass --clip SPEC)"
+                ) from None
+            raise
+        if note:
+            print(f"iss3d: {note}", file=sys.stderr)
+        decoder = model.decoder
+        if decoder_fingerprint(decoder) != latent.get("decoder_sha256"):
+            text = (
+                f"the decoder of {stage1_path} is not the one {run_dir} was generated with; "
+                "the shape will differ"
+            )
+            warnings_seen.append(text)
+            warn(text)
+        c = latent["latent"].to(dev)
+        if c.shape[1] != decoder.c_dim:
+            raise UserError(
+                f"{run_dir / LATENT_FILE}: a {c.shape[1]}-d latent, but the decoder of "
+                f"{stage1_path} takes {decoder.c_dim}-d latents"
+            )
+        members, weights = [clip_model], [st.guidance.clip_weight]
+        for member in st.guidance.ensemble:
+            members.append(load_clip(member.spec, dev))
+            weights.append(member.weight)
+        timings["load_models_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            schedule = PromptSchedule(style, st.guidance)
+            guide = Guide(members, weights, schedule, st.guidance)
+            prompt_feature = clip_model.encode_text([latent["prompt"]])[0]
+        for w in caught:
+            text = " ".join(str(w.message).split())
+            if text not in warnings_seen:
+                warnings_seen.append(text)
+                warn(text)
+        timings["encode_text_s"] = time.perf_counter() - t0
+
+        generator = torch.Generator().manual_seed(seed)
+        bar = _Progress(st.steps, f"stylize ({mode})", progress)
+        try:
+            result = run_stylize(decoder, c, guide, st, generator, mode=mode, callback=bar)
+        finally:
+            bar.close()
+        timings["stylize_s"] = result.seconds
+        tuned = result.decoder
+
+        t0 = time.perf_counter()
+        iou = shape_iou(decoder, tuned, c, st.iou_grid, st.march.chunk)
+        timings["iou_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        mesh_cfg = MeshConfig(
+            resolution0=ex.mesh_resolution0,
+            upsampling_steps=ex.mesh_upsampling_steps,
+            padding=st.march.padding,
+            chunk=st.march.chunk,
+        )
+        mesh = extract_mesh(tuned, c, mesh_cfg)
+        timings["mesh_s"] = time.perf_counter() - t0
+        mesh_info: dict[str, Any] = {
+            "vertices": len(mesh.vertices),
+            "faces": len(mesh.faces),
+            "written": len(mesh.faces) > 0,
+            "resolution": mesh_cfg.resolution,
+        }
+        if len(mesh.faces):
+            for suffix in ("glb", "ply"):
+                save_mesh(mesh, folder / f"mesh.{suffix}")
+        else:
+            warn("the stylized shape is empty (no surface); no mesh written")
+        color_change = _color_change(tuned, decoder, c, mesh.vertices)
+        timings["mesh_write_s"] = time.perf_counter() - t0 - timings["mesh_s"]
+
+        t0 = time.perf_counter()
+        march = MarchConfig(
+            n_steps=ex.march_steps or st.march.n_steps,
+            n_secant=st.march.n_secant,
+            padding=st.march.padding,
+            chunk=st.march.chunk,
+            min_grad=st.march.min_grad,
+        )
+        view_renderer = Renderer(march)
+        distance = ex.distance if ex.distance is not None else st.cameras.mean_distance
+        frames = render_turntable(
+            tuned, c, view_renderer, ex.turntable_views, ex.turntable_resolution,
+            ex.elevation, distance,
+        )  # fmt: skip
+        save_turntable(frames, folder)
+        timings["turntable_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        before = render_turntable(
+            decoder, c, view_renderer, ex.eval_views, ex.turntable_resolution, ex.elevation,
+            distance,
+        )  # fmt: skip
+        if ex.turntable_views % ex.eval_views == 0:
+            after = frames[:: ex.turntable_views // ex.eval_views]
+        else:
+            after = render_turntable(
+                tuned, c, view_renderer, ex.eval_views, ex.turntable_resolution, ex.elevation,
+                distance,
+            )  # fmt: skip
+        Image.fromarray(views_sheet(before, after)).save(folder / "views.png")
+        scores = {
+            "clip_score_before": _score(clip_model, before, guide.prompt_feature),
+            "clip_score_after": _score(clip_model, after, guide.prompt_feature),
+            "prompt_score_before": _score(clip_model, before, prompt_feature),
+            "prompt_score_after": _score(clip_model, after, prompt_feature),
+        }
+        timings["views_s"] = time.perf_counter() - t0
+
+        torch.save(
+            {
+                "format": _STYLIZED_FORMAT,
+                "version": 1,
+                "mode": mode,
+                "style": style,
+                "kind": "branched" if isinstance(tuned, BranchedDecoder) else "decoder",
+                "decoder": {k: v.detach().cpu() for k, v in tuned.state_dict().items()},
+                "decoder_config": config_lib.to_dict(model.decoder_config),
+                "latent": c.detach().cpu(),
+                "stage1": str(Path(stage1_path).resolve()),
+            },
+            folder / "stylized.pt",
+        )
+        timings["total_s"] = time.perf_counter() - t_start
+        report = {
+            "style": style,
+            "mode": mode,
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "prompt": latent["prompt"],
+            "preset": preset,
+            "command": command,
+            "stage1": str(stage1_path),
+            "clip": clip_spec,
+            "clip_trained": bool(clip_model.trained),
+            "ensemble": [m.spec for m in st.guidance.ensemble],
+            "prompts": schedule.texts,
+            "config": cfg.to_dict(),
+            "device": device_info(dev),
+            "versions": versions(),
+            "warnings": warnings_seen,
+            "iou_to_initial": iou,
+            "iou_grid": st.iou_grid + 1,
+            "color_change": color_change,
+            **scores,
+            "clip_score_per_step": [h["clip_score"] for h in result.history],
+            "history": result.history,
+            "mesh": mesh_info,
+            "timings": timings,
+        }
+        _write_json(folder / "report.json", report)
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if command:
+            (folder / "command.txt").write_text(command + "\n")
+    change = "n/a" if color_change is None else f"{color_change:.3f}"
+    print(
+        f"wrote {out} ({'mesh.glb/.ply, ' if mesh_info['written'] else ''}turntable.gif, "
+        f"views.png, report.json): CLIP score for {style!r} {scores['clip_score_before']:.4f} "
+        f"-> {scores['clip_score_after']:.4f}, IoU to the initial shape {iou:.3f}, colour "
+        f"change {change}"
+    )
+    return 0

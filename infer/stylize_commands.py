@@ -1,0 +1,127 @@
+"""``iss3d stylize``: the argument parser (light to import; the work is in infer/stylize.py)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "stylize",
+        help="restyle a generated shape with a text: colours only, or shape and colours",
+        description=(
+            "Fine-tune the decoder of an `iss3d generate` result so that it looks like STYLE "
+            "(ISS stylization): --mode texture tunes only the colour branch (the shape stays "
+            "exactly the same), --mode shape+texture the whole decoder with a 3D prior loss "
+            "towards the initial shape. Writes mesh.glb / mesh.ply, turntable.gif, views.png "
+            "(before | after), stylized.pt, report.json (IoU to the initial shape, CLIP "
+            "scores), config.yaml into RUN_DIR/style-<style> or --out. Config overrides "
+            "(KEY=VALUE) go right after the style."
+        ),
+        usage="iss3d stylize RUN_DIR STYLE [KEY=VALUE ...] [options]",
+    )
+    p.add_argument("run_dir", type=Path, help="an `iss3d generate` output folder (or sample_<k>)")
+    p.add_argument("style", help='the style text, e.g. "wooden"')
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides right after the style, e.g. stylize.lr=3e-4 stylize.lambda_prior=10",
+    )
+    p.add_argument(
+        "--mode",
+        default=None,
+        help="texture (colour branch only) or shape+texture (whole decoder + 3D prior loss); "
+        "default: the preset's (texture)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder, new or empty (default: RUN_DIR/style-<style>, -shape appended in "
+        "shape+texture mode)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    p.add_argument("--views", type=int, default=None, help="views rendered per step (preset's)")
+    p.add_argument("--res", type=int, default=None, help="render side in pixels (preset's)")
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        help="tiny (CPU, the default), paper (GPU), or a YAML file (configs/stylize/)",
+    )
+    p.add_argument(
+        "--stage1",
+        type=Path,
+        default=None,
+        help="stage-1 checkpoint (default: the one RUN_DIR/latent.pt records)",
+    )
+    p.add_argument(
+        "--clip", default=None, help="CLIP spec (default: the one RUN_DIR/latent.pt records)"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=stylize_command)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed (for command.txt and the report)."""
+    parts = ["iss3d", "stylize", str(args.run_dir), args.style]
+    for flag in ("mode", "out", "seed", "steps", "views", "res", "preset", "stage1", "clip"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += [f"--{flag}", str(value)]
+    parts += ["--device", args.device]
+    if args.no_progress:
+        parts.append("--no-progress")
+    return shlex.join(parts + list(args.overrides))
+
+
+def stylize_command(args: argparse.Namespace) -> int:
+    """Check the cheap things (numbers, mode, style, config, run folder) first, then run
+    :func:`infer.stylize.stylize`."""
+    from data.errors import UserError
+
+    for name in ("steps", "views", "res"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+    if args.res is not None and args.res < 8:
+        raise UserError(f"--res must be at least 8 pixels, got {args.res}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {args.device!r}")
+
+    from infer.stylize import MODES, check_style, load_stylize_config, stylize
+
+    if args.mode is not None and args.mode not in MODES:
+        raise UserError(f"--mode must be texture or shape+texture, got {args.mode!r}")
+    check_style(args.style)
+    overrides: list[str | tuple[str, Any]] = list(args.overrides)
+    for key, value in (
+        ("stylize.steps", args.steps),
+        ("stylize.views", args.views),
+        ("stylize.resolution", args.res),
+        ("stylize.mode", args.mode),
+    ):
+        if value is not None:
+            overrides.append((key, value))
+    cfg = load_stylize_config(args.preset, overrides)
+    return stylize(
+        args.run_dir,
+        args.style,
+        cfg,
+        args.out,
+        seed=args.seed,
+        stage1=args.stage1,
+        clip=args.clip,
+        device=args.device,
+        progress=not args.no_progress,
+        command=command_line(args),
+        preset=args.preset,
+        check_text=False,
+    )
