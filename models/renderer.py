@@ -26,14 +26,22 @@ class ImplicitField(Protocol):
     def rgb(self, points: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor: ...
 
 
+MARCH_METHODS = ("dense", "grid")
+
+
 @dataclass
 class MarchConfig:
-    """Settings of the reference marcher.
+    """Settings of the marchers.
 
-    n_steps: dense samples per ray (DVR: 16 -> 128 during training, 128 at test).
+    n_steps: samples per ray (DVR: 16 -> 128 during training, 128 at test).
     n_secant: secant refinement steps. padding: the unit cube is padded by this (half side
     0.5 + padding / 2). chunk: points per decoder call. min_grad: |grad f . w| is clamped to at
     least this in the implicit gradient (DVR: 1e-3).
+    method: ``"dense"``, the reference (the decoder at every sample), or ``"grid"``
+        (:func:`models.grid_march.grid_march`: the same samples, but only those a coarse
+        occupancy grid cannot rule out; pays off when many rays share a latent).
+    grid: lattice side of the grid method. margin: a grid cell is searched when a corner logit
+    exceeds -margin. window: samples evaluated per ray and round by the grid method.
     """
 
     n_steps: int = 128
@@ -41,6 +49,18 @@ class MarchConfig:
     padding: float = 0.1
     chunk: int = 65536
     min_grad: float = 1e-3
+    method: str = "dense"
+    grid: int = 48
+    margin: float = 2.0
+    window: int = 4
+
+    def __post_init__(self) -> None:
+        if self.method not in MARCH_METHODS:
+            raise ValueError(f"march method must be one of {MARCH_METHODS}, got {self.method!r}")
+        if self.n_steps < 2 or self.n_secant < 0 or self.chunk < 1:
+            raise ValueError("march: n_steps >= 2, n_secant >= 0 and chunk >= 1 are needed")
+        if self.grid < 2 or self.window < 1 or self.margin < 0:
+            raise ValueError("march: grid >= 2, window >= 1 and margin >= 0 are needed")
 
 
 @dataclass
@@ -171,11 +191,17 @@ def trace_surface(
     dirs: torch.Tensor,
     cfg: MarchConfig,
 ) -> RayHits:
-    """March (no gradients), then attach the implicit depth gradient where rays hit.
+    """March (no gradients; ``cfg.method`` picks the marcher), then attach the implicit depth
+    gradient where rays hit.
 
     origins, dirs: (B, R, 3) object frame; dirs scaled so that the ray parameter is camera depth.
     """
-    m = march(field, c, origins, dirs, cfg)
+    if cfg.method == "grid":
+        from models.grid_march import grid_march
+
+        m = grid_march(field, c, origins, dirs, cfg)
+    else:
+        m = march(field, c, origins, dirs, cfg)
     hit, depth, evaluations = m.hit, m.depth, m.evaluations
     safe_depth = torch.where(hit, depth, torch.zeros_like(depth))
     needs_grad = torch.is_grad_enabled() and (
