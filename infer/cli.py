@@ -10,6 +10,7 @@ from infer import (
     checkpoint_commands,
     clip_commands,
     data_commands,
+    evaluate_commands,
     generate_commands,
     stylize_commands,
     svr_commands,
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_commands.register(commands)
     stylize_commands.register(commands)
     checkpoint_commands.register(commands)
+    evaluate_commands.register(commands)
     return parser
 
 

@@ -71,6 +71,14 @@ STAGES = (
             ),
         ),
     ),
+    FitStage(
+        "pointnet",
+        "train TreeGAN's PointNet classifier on surface points (the FPD feature network)",
+        "Train a PointNet classifier (TreeGAN's layout) on the categories of a dataset with "
+        "surface points; writes DIR/pointnet.pt for iss3d evaluate --pointnet.",
+        "train.pointnet",
+        "PointNetConfig",
+    ),
 )
 
 

@@ -1,0 +1,857 @@
+"""``iss3d evaluate``: generate every (method, prompt, sample), render it, measure, report.
+
+The run, in order:
+
+1. Check everything the user gave (:func:`prepare`): the prompt file (no empty lines, no
+   duplicates, no control characters), the methods, the config, the reference dataset, the
+   models, the judge CLIP (which must not be a guidance model) and the metric networks. A
+   mistake is one UserError line with nothing written.
+2. Generate the items (:func:`generate_items`): each (method, prompt, sample) is produced by
+   :mod:`infer.methods`, rendered from a fixed camera set (:func:`describe_shape`) and saved
+   as its own small ``.npz`` (renders, coloured surface points, an occupancy lattice, facts)
+   under ``OUT/items/``, written atomically. Finished items are skipped, so an interrupted run
+   continues where it stopped. ``--shard i/n`` does the items whose index is i mod n (several
+   processes or GPUs; ``--workers N`` starts them), then stops; a run without ``--shard``
+   generates whatever is missing and goes on to
+3. the metrics and the report (:mod:`infer.evaluate_report`): ``results.json``,
+   ``results.csv``, ``report.md`` (a table like ISS's Table 1), ``plots/<metric>.png`` and
+   ``plots/gallery.png`` (prompts x methods).
+
+``OUT/run.json`` records the settings that shape the items (config, models, seed, samples);
+a rerun with other settings in the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import unicodedata
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from data.atomic import atomic_output
+from data.errors import UserError
+from infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
+from infer.stage2 import Stage2Config
+from models import config as config_lib
+
+__all__ = [
+    "DEFAULT_JUDGE",
+    "DEFAULT_POINTNET",
+    "EvaluateConfig",
+    "EvaluateOptions",
+    "Item",
+    "ReferenceConfig",
+    "RenderConfig",
+    "ShapeConfig",
+    "describe_shape",
+    "evaluate",
+    "item_seed",
+    "load_evaluate_config",
+    "load_item",
+    "parse_shard",
+    "plan_items",
+    "read_texts",
+    "resolve_methods",
+    "world_test_prompts",
+]
+
+RUN_FORMAT = "iss3d-evaluate"
+RUN_VERSION = 1
+
+_PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "pretrained"
+#: Used when --judge / --pointnet are not given (``make models`` writes the judge).
+DEFAULT_JUDGE = _PRETRAINED / "clip-judge.pt"
+DEFAULT_POINTNET = _PRETRAINED / "pointnet.pt"
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RenderConfig:
+    """The fixed camera set every shape is rendered from (YAML section ``render``).
+
+    views: cameras evenly spaced in azimuth from the front, at ``elevation`` degrees and
+        ``distance`` (None: the middle of ``stage2.cameras.distance``), focal as stage 2's.
+    resolution: render side in pixels. march_steps: ray samples (None: stage 2's).
+    background: ``white`` (a solid white background where rays miss the surface, as a mesh
+        renderer shows the shape) or ``field`` (the colour the field draws there).
+    """
+
+    views: int = 8
+    resolution: int = 64
+    elevation: float = 20.0
+    distance: float | None = None
+    march_steps: int | None = None
+    background: Literal["white", "field"] = "white"
+
+    def __post_init__(self) -> None:
+        if self.views < 1 or self.resolution < 8:
+            raise UserError("render config: views >= 1 and resolution >= 8")
+        if self.distance is not None and self.distance <= 0.9:
+            raise UserError("render config: 'distance' must exceed 0.9 or be null")
+        if self.march_steps is not None and self.march_steps < 2:
+            raise UserError("render config: 'march_steps' must be >= 2 or null")
+
+
+@dataclass
+class ShapeConfig:
+    """What is kept of each shape (YAML section ``shape``).
+
+    mesh_resolution0, mesh_upsampling_steps: the mesh grid (surface points are sampled on it).
+    points: surface points kept, uniform by area (the FPD's N; TreeGAN/ISS: 2,048).
+    iou_grid: cells per side of the occupancy lattice kept for IoU ((iou_grid + 1)^3 logits).
+    """
+
+    mesh_resolution0: int = 32
+    mesh_upsampling_steps: int = 2
+    points: int = 2048
+    iou_grid: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mesh_resolution0 < 4 or self.mesh_upsampling_steps < 0:
+            raise UserError("shape config: mesh_resolution0 >= 4, mesh_upsampling_steps >= 0")
+        if self.points < 16 or self.iou_grid < 4:
+            raise UserError("shape config: points >= 16 and iou_grid >= 4")
+
+
+@dataclass
+class ReferenceConfig:
+    """The reference set from ``--ref-data`` (YAML section ``reference``).
+
+    split: objects of this split (None: all). max_images: reference views for FID, spread
+    evenly over the split's views (ISS: 2,600 ShapeNet images). max_objects: reference clouds
+    for FPD (None: every object of the split).
+    """
+
+    split: str | None = "test"
+    max_images: int = 2600
+    max_objects: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in (None, "train", "val", "test"):
+            raise UserError(f"reference config: unknown split {self.split!r}")
+        if self.max_images < 2 or (self.max_objects is not None and self.max_objects < 2):
+            raise UserError("reference config: max_images and max_objects must be >= 2")
+
+
+@dataclass
+class EvaluateConfig:
+    """A ``configs/evaluate/*.yaml`` preset: how items are generated, kept and measured."""
+
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    pure_clip: PureClipConfig = field(default_factory=PureClipConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    shape: ShapeConfig = field(default_factory=ShapeConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise UserError("evaluate config: 'batch' must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> EvaluateConfig:
+        return config_lib.from_dict(cls, d, "evaluate config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_lib.to_dict(self)
+
+
+def load_evaluate_config(preset: str, overrides: list | tuple = ()) -> EvaluateConfig:
+    """A preset name (``configs/evaluate/<name>.yaml``) or a YAML path, plus ``key=value``
+    overrides, parsed strictly."""
+    from train import runs
+
+    path = Path(preset)
+    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"evaluate/{preset}"
+    raw = runs.apply_overrides(runs.read_yaml(runs.find_config(spec)), overrides, EvaluateConfig)
+    return EvaluateConfig.from_dict(raw)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """The prompts of a text file, one per line; lines starting with ``#`` are comments.
+
+    Raises:
+        UserError: a missing / unreadable file, an empty (or blank) line, a duplicate prompt
+            (compared case- and space-insensitively, as CLIP reads them), a control
+            character, or no prompt at all; the message names the file and line.
+    """
+    from models.clip import check_prompt
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (--texts)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read as UTF-8 text ({err})") from None
+    prompts: list[str] = []
+    seen: dict[str, int] = {}
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r")
+        if line.lstrip().startswith("#"):
+            continue
+        if not line.strip():
+            raise UserError(f"{path}:{number}: empty line (one prompt per line, no blank lines)")
+        prompt = " ".join(line.split())
+        try:
+            check_prompt(prompt)
+        except UserError as err:
+            raise UserError(f"{path}:{number}: {err}") from None
+        key = unicodedata.normalize("NFKC", prompt).casefold()
+        if key in seen:
+            raise UserError(
+                f"{path}:{number}: duplicate prompt {prompt!r} (first on line {seen[key]})"
+            )
+        seen[key] = number
+        prompts.append(prompt)
+    if not prompts:
+        raise UserError(f"{path}: no prompts")
+    return prompts
+
+
+def resolve_methods(spec: str) -> tuple[list[str], bool]:
+    """``all`` or a comma-separated list -> (method names in the registry's order for ``all``,
+    as given otherwise; whether they were named explicitly).
+
+    Raises:
+        UserError: an unknown or repeated method name, or an empty list.
+    """
+    if spec.strip() == "all":
+        return list(METHODS), False
+    names = [n.strip() for n in spec.split(",")]
+    if not names or any(not n for n in names):
+        raise UserError(f"--methods {spec!r}: empty method name (comma-separated list or all)")
+    for name in names:
+        if name not in METHODS:
+            raise UserError(
+                f"--methods: unknown method {name!r} (known: {', '.join(METHODS)}, or all)"
+            )
+    if len(set(names)) != len(names):
+        raise UserError(f"--methods {spec!r}: a method is listed twice")
+    return names, True
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None for None."""
+    if spec is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UserError(f"--shard {spec!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def world_test_prompts(objects: int = 500, seed: int = 0) -> list[str]:
+    """The synthetic world's evaluation prompts: the first caption ("a red chair") of every
+    test-split object of ``iss3d data synth --objects <objects> --seed <seed>`` (what ``make
+    models`` builds), plus every held-out (category, colour) pair, deduplicated, sorted.
+    ``configs/texts/synth_test.txt`` is this list."""
+    from data.synth import world
+    from data.synth.build import SynthConfig, plan_objects
+
+    plans = plan_objects(SynthConfig(objects=objects, seed=seed))
+    prompts = {world.captions(p.spec)[0] for p in plans if p.split == "test"}
+    for category, colour in world.HELD_OUT:
+        prompts.add(f"{world._a(colour)} {category}")
+    return sorted(prompts)
+
+
+# -- items --------------------------------------------------------------------------------------
+
+
+def _slug(prompt: str, n: int = 40) -> str:
+    words = re.findall(r"\w+", unicodedata.normalize("NFKC", prompt).lower(), flags=re.ASCII)
+    return "-".join(words)[:n].strip("-") or "prompt"
+
+
+def item_seed(seed: int, prompt: str, sample: int) -> int:
+    """The seed of one (prompt, sample): the same for every method (paired comparisons)."""
+    ss = np.random.SeedSequence([seed, zlib.crc32(prompt.encode("utf-8")), sample])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One (method, prompt, sample); ``prompt_index`` is the prompt's row in the text set."""
+
+    method: str
+    prompt: str
+    prompt_index: int
+    sample: int
+
+    @property
+    def relpath(self) -> str:
+        digest = hashlib.sha1(self.prompt.encode("utf-8")).hexdigest()[:8]
+        return f"items/{self.method}/{_slug(self.prompt)}-{digest}-s{self.sample}.npz"
+
+
+def plan_items(methods: list[str], texts: list[str], samples: int) -> list[Item]:
+    """Every item, method by method, prompt by prompt, sample by sample."""
+    return [Item(m, p, i, k) for m in methods for i, p in enumerate(texts) for k in range(samples)]
+
+
+# -- one shape -> what the metrics need -----------------------------------------------------------
+
+
+@torch.no_grad()
+def describe_shape(shape, cfg: EvaluateConfig, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Render a generated shape from the fixed views and keep what the metrics need.
+
+    Returns:
+        arrays: ``renders`` (V, H, W, 3) uint8; ``points`` (N, 3) float32 surface points
+        uniform by area (0 rows for an empty shape); ``colors`` (N, 3) uint8 the field's colour
+        there; ``grid`` (G+1)^3 float16 occupancy logits over the padded cube (``half`` =
+        0.5 + padding / 2), and facts: ``empty``, mesh sizes, ``half``.
+    """
+    import trimesh
+
+    from infer.view_sampling import fixed_views
+    from models.mesh import MeshConfig, extract_mesh, occupancy_grid
+    from models.renderer import MarchConfig, Renderer
+
+    s2, r, sh = cfg.stage2, cfg.render, cfg.shape
+    field_, c = shape.field, shape.latent
+    device = c.device if c is not None else torch.device("cpu")
+    m = s2.march
+    renderer = Renderer(
+        MarchConfig(
+            n_steps=r.march_steps or m.n_steps,
+            n_secant=m.n_secant,
+            padding=m.padding,
+            chunk=m.chunk,
+            min_grad=m.min_grad,
+        )
+    )
+    distance = r.distance if r.distance is not None else s2.cameras.mean_distance
+    views = fixed_views(r.views, r.elevation, distance, s2.cameras.focal).to(device)
+    frames = []
+    for v in range(len(views)):
+        out = renderer.render_images(
+            field_,
+            c,
+            views.world_mat[v : v + 1],
+            views.camera_mat[v : v + 1],
+            views.scale_mat[v : v + 1],
+            r.resolution,
+            r.resolution,
+            pixel_convention=s2.pixel_convention,
+            background=1.0 if r.background == "white" else "field",
+        )
+        rgb = out["rgb"][0].permute(1, 2, 0).clamp(0, 1)
+        frames.append((rgb * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    grid, _ = occupancy_grid(
+        field_, c, MeshConfig(resolution0=sh.iou_grid, upsampling_steps=0, padding=m.padding)
+    )
+    mesh = extract_mesh(
+        field_,
+        c,
+        MeshConfig(
+            resolution0=sh.mesh_resolution0,
+            upsampling_steps=sh.mesh_upsampling_steps,
+            padding=m.padding,
+            chunk=m.chunk,
+        ),
+        colors=False,
+    )
+    empty = len(mesh.faces) == 0
+    points = np.zeros((0, 3), np.float32)
+    colors = np.zeros((0, 3), np.uint8)
+    if not empty:
+        tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+        points = np.asarray(trimesh.sample.sample_surface(tm, sh.points, seed=seed)[0], np.float32)
+        pts = torch.from_numpy(points).to(device)[None]
+        rgb = field_.rgb(pts, c)[0].clamp(0, 1)
+        colors = (rgb * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    arrays = {
+        "renders": np.stack(frames),
+        "points": points,
+        "colors": colors,
+        "grid": grid.float().cpu().numpy().astype(np.float16),
+    }
+    facts = {
+        "empty": bool(empty),
+        "mesh_vertices": len(mesh.vertices),
+        "mesh_faces": len(mesh.faces),
+        "half": 0.5 + m.padding / 2,
+    }
+    return arrays, facts
+
+
+def save_item(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write one item's ``.npz`` (arrays + ``meta`` as JSON) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_item(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, meta) of an item file written by :func:`save_item`."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != "meta"}
+        meta = json.loads(str(data["meta"]))
+    return arrays, meta
+
+
+# -- options and preparation -----------------------------------------------------------------------
+
+
+@dataclass
+class EvaluateOptions:
+    """What ``iss3d evaluate`` was given (see infer/evaluate_commands.py for the flags)."""
+
+    texts: Path
+    ref_data: Path
+    out: Path
+    methods: str = "all"
+    samples: int = 1
+    seed: int = 0
+    config: str = "tiny"
+    overrides: list[str] = field(default_factory=list)
+    stage1: Path | None = None
+    clip: str | None = None
+    stage1_nobg: Path | None = None
+    ei_d: Path | None = None
+    judge: str | None = None
+    pointnet: Path | None = None
+    fid_features: str = "auto"
+    shard: str | None = None
+    workers: int = 1
+    device: str = "auto"
+    progress: bool = True
+    command: str | None = None
+
+
+@dataclass
+class Prepared:
+    """Everything checked and loaded before anything is written."""
+
+    options: EvaluateOptions
+    cfg: EvaluateConfig
+    texts: list[str]
+    methods: list[str]
+    skipped: dict[str, str]
+    ctx: MethodContext
+    device: torch.device
+    reference: Any
+    judge: Any
+    judge_reason: str | None
+    pointnet: Any
+    pointnet_info: Any
+    pointnet_reason: str | None
+    fid_network: Any
+    fid_reason: str | None
+    models: dict[str, str | None]
+    shard: tuple[int, int] | None
+
+
+def _same_clip(a, b) -> bool:
+    """Whether two loaded CLIP models are the same model (spec, file or weights)."""
+    if a.spec == b.spec:
+        return True
+    pa, pb = Path(str(a.spec)), Path(str(b.spec))
+    if pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve():
+        return True
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    return all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def check_judge(judge, judge_spec: str, clip, cfg: EvaluateConfig) -> None:
+    """UserError if the judge is the guidance CLIP or a member of a guidance ensemble (the
+    same spec, the same file, or the same weights)."""
+    from models.clip import load_clip
+
+    def refuse(what: str) -> None:
+        raise UserError(
+            f"--judge {judge_spec!r} is {what}; CLIP R-precision needs a judge other than the "
+            "model that guided the shapes"
+        )
+
+    if clip is not None and _same_clip(judge, clip):
+        refuse(f"the guidance CLIP ({clip.spec!r})")
+    specs = [m.spec for m in cfg.stage2.guidance.ensemble]
+    specs += [m.spec for m in cfg.pure_clip.stage2.guidance.ensemble]
+    for spec in dict.fromkeys(specs):
+        if spec == judge.spec or _same_clip(judge, load_clip(spec, judge.device)):
+            refuse(f"the guidance ensemble member {spec!r}")
+
+
+def prepare(options: EvaluateOptions) -> Prepared:
+    """Check and load everything; UserError on the first problem. Writes nothing."""
+    from data.reader import MultiViewFile
+    from infer.generate import choose_device, resolve_models
+    from infer.stage1 import load_stage1
+    from models.clip import load_clip
+    from models.pointnet import load_pointnet
+
+    o = options
+    if o.samples < 1:
+        raise UserError(f"--samples must be positive, got {o.samples}")
+    if o.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {o.seed}")
+    if o.workers < 1:
+        raise UserError(f"--workers must be positive, got {o.workers}")
+    shard = parse_shard(o.shard)
+    if shard is not None and o.workers > 1:
+        raise UserError("--shard and --workers exclude each other (workers start the shards)")
+    texts = read_texts(o.texts)
+    methods, explicit = resolve_methods(o.methods)
+    cfg = load_evaluate_config(o.config, o.overrides)
+    if not Path(o.ref_data).exists():
+        raise UserError(f"{o.ref_data}: no such file (--ref-data, the reference dataset)")
+    reference = MultiViewFile(o.ref_data)
+    split = cfg.reference.split
+    if len(reference.objects_in(split)) < 2:
+        raise UserError(
+            f"{o.ref_data}: fewer than 2 objects in split {split!r} (reference.split); "
+            "the reference set needs at least 2"
+        )
+    for path, flag in (
+        (o.stage1, "--stage1"),
+        (o.stage1_nobg, "--stage1-nobg"),
+        (o.ei_d, "--ei-d"),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{path}: no such file ({flag})")
+    device, note = choose_device(o.device)
+
+    needs = {n for m in methods for n in METHODS[m].needs}
+    stage1 = stage1_path = clip = None
+    clip_spec = o.clip
+    if "stage1" in needs or "stage1_nobg" in needs or o.stage1 is not None:
+        from infer.generate import DEFAULT_STAGE1
+
+        if o.stage1 is not None or DEFAULT_STAGE1.is_file():
+            torch.manual_seed(o.seed)  # random-weight CLIP specs draw from it
+            stage1, stage1_path, clip, clip_spec = resolve_models(o.stage1, o.clip, device)
+    if clip is None and clip_spec is not None:
+        torch.manual_seed(o.seed)
+        clip = load_clip(clip_spec, device)
+    stage1_nobg = None
+    if o.stage1_nobg is not None:
+        stage1_nobg = load_stage1(o.stage1_nobg, device)
+        if clip is not None and stage1_nobg.clip_embed_dim != clip.embed_dim:
+            raise UserError(
+                f"{o.stage1_nobg}: trained with {stage1_nobg.clip_embed_dim}-d CLIP features, "
+                f"the guidance CLIP gives {clip.embed_dim}-d"
+            )
+    ei_d = None
+    if o.ei_d is not None:
+        from infer.methods import load_eid
+
+        ei_d = load_eid(o.ei_d, device)
+        if clip is not None and ei_d.clip_embed_dim != clip.embed_dim:
+            raise UserError(
+                f"{o.ei_d}: trained with {ei_d.clip_embed_dim}-d CLIP features, the guidance "
+                f"CLIP gives {clip.embed_dim}-d"
+            )
+    available = {
+        k
+        for k, v in (
+            ("stage1", stage1),
+            ("stage1_nobg", stage1_nobg),
+            ("ei_d", ei_d),
+            ("clip", clip),
+        )
+        if v is not None
+    }
+    if clip is None:  # every method guides or reads text through CLIP
+        available.clear()
+    chosen, skipped = [], {}
+    for name in methods:
+        missing = [n for n in METHODS[name].needs if n not in available]
+        if clip is None and "clip" not in missing:
+            missing.append("clip")
+        if missing:
+            reason = "needs " + "; ".join(MODEL_FLAGS[n] for n in missing)
+            if explicit:
+                raise UserError(f"method {name!r} {reason}")
+            skipped[name] = reason
+        else:
+            chosen.append(name)
+    if not chosen:
+        raise UserError("no method can run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    ctx = MethodContext(cfg.stage2, cfg.pure_clip, clip, stage1, stage1_nobg, ei_d, device=device)
+
+    # the judge: never a guidance model
+    judge, judge_reason = None, None
+    judge_spec = (
+        o.judge
+        if o.judge is not None
+        else (str(DEFAULT_JUDGE) if DEFAULT_JUDGE.is_file() else None)
+    )
+    if judge_spec is None:
+        judge_reason = f"no judge CLIP (give --judge SPEC; default {DEFAULT_JUDGE} is missing)"
+    else:
+        torch.manual_seed(o.seed + 1)
+        judge = load_clip(judge_spec, device)
+        check_judge(judge, judge_spec, clip, cfg)
+    pointnet = pointnet_info = None
+    pointnet_reason = None
+    pn_path = (
+        o.pointnet
+        if o.pointnet is not None
+        else (DEFAULT_POINTNET if DEFAULT_POINTNET.is_file() else None)
+    )
+    if pn_path is None:
+        pointnet_reason = (
+            f"no PointNet (give --pointnet CKPT: `iss3d fit pointnet` or TreeGAN's classifier; "
+            f"default {DEFAULT_POINTNET} is missing)"
+        )
+    elif not reference.has_surface:
+        pointnet_reason = f"{o.ref_data} has no surface points"
+        pointnet, pointnet_info = load_pointnet(pn_path, device)
+    else:
+        pointnet, pointnet_info = load_pointnet(pn_path, device)
+    from infer.eval_metrics import image_feature_network
+
+    fid_network, fid_reason = image_feature_network(o.fid_features, device, judge)
+    if note:
+        print(f"iss3d: {note}", file=sys.stderr)
+    models = {
+        "stage1": str(stage1_path) if stage1_path else None,
+        "clip": clip_spec,
+        "stage1_nobg": str(o.stage1_nobg) if o.stage1_nobg else None,
+        "ei_d": str(o.ei_d) if o.ei_d else None,
+    }
+    return Prepared(
+        o,
+        cfg,
+        texts,
+        chosen,
+        skipped,
+        ctx,
+        device,
+        reference,
+        judge,
+        judge_reason,
+        pointnet,
+        pointnet_info,
+        pointnet_reason,
+        fid_network,
+        fid_reason,
+        models,
+        shard,
+    )
+
+
+# -- the output folder ----------------------------------------------------------------------------
+
+
+def run_settings(p: Prepared) -> dict[str, Any]:
+    """What shapes the items: an output folder is only reused with the same settings."""
+    return {
+        "format": RUN_FORMAT,
+        "version": RUN_VERSION,
+        "config": p.cfg.to_dict(),
+        "samples": p.options.samples,
+        "seed": p.options.seed,
+        "models": p.models,
+    }
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def open_out(out: Path, settings: dict[str, Any]) -> None:
+    """Create ``out`` (and ``run.json``), or check that an existing one matches ``settings``.
+
+    Raises:
+        UserError: ``out`` is a file, a non-empty folder that is not an evaluation, or one made
+            with other settings.
+    """
+    run = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (--out)")
+    if run.is_file():
+        try:
+            saved = json.loads(run.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{run}: unreadable ({err})") from None
+        diff = _first_difference(saved, settings)
+        if diff:
+            raise UserError(
+                f"{out}: made with other settings (they differ at {diff!r}); use another --out "
+                "or the same config, models, --seed and --samples"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out}: exists, is not empty and holds no run.json (--out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out}: cannot create the output folder ({err.strerror})") from None
+    with atomic_output(run) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
+    """Produce and save every item of ``items`` not already on disk. Returns (made, skipped)."""
+    out = p.options.out
+    todo = [it for it in items if not (out / it.relpath).is_file()]
+    skipped = len(items) - len(todo)
+    bar = None
+    if p.options.progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="evaluate items", file=sys.stderr, unit="item")
+    perturb = p.cfg.stage2.diversity.active(p.options.samples)
+    made = 0
+    try:
+        for it in todo:
+            seed = item_seed(p.options.seed, it.prompt, it.sample)
+            from infer.methods import ShapeRequest
+
+            request = ShapeRequest(
+                it.prompt, it.sample, seed, torch.Generator().manual_seed(seed), perturb
+            )
+            t0 = time.perf_counter()
+            shape = METHODS[it.method].run(p.ctx, request)
+            t1 = time.perf_counter()
+            arrays, facts = describe_shape(shape, p.cfg, seed)
+            meta = {
+                "method": it.method,
+                "prompt": it.prompt,
+                "sample": it.sample,
+                "seed": seed,
+                **facts,
+                "clip_score_per_step": [h["clip_score"] for h in shape.history],
+                "info": shape.info,
+                "generate_s": t1 - t0,
+                "describe_s": time.perf_counter() - t1,
+                "device": p.device.type,
+            }
+            save_item(out / it.relpath, arrays, meta)
+            made += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return made, skipped
+
+
+def _worker_command(o: EvaluateOptions, shard: str) -> list[str]:
+    argv = [sys.executable, "-m", "infer.cli", "evaluate"]
+    argv += ["--texts", str(o.texts), "--ref-data", str(o.ref_data), "--out", str(o.out)]
+    argv += ["--methods", o.methods, "--samples", str(o.samples), "--seed", str(o.seed)]
+    argv += ["--config", o.config, "--fid-features", o.fid_features, "--device", o.device]
+    for flag, value in (
+        ("--stage1", o.stage1),
+        ("--clip", o.clip),
+        ("--stage1-nobg", o.stage1_nobg),
+        ("--ei-d", o.ei_d),
+        ("--judge", o.judge),
+        ("--pointnet", o.pointnet),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--shard", shard, "--no-progress", *o.overrides]
+    return argv
+
+
+def run_workers(p: Prepared) -> None:
+    """Generate with ``--workers`` processes, one shard each (GPUs round-robin when there are
+    several CUDA devices); raise UserError if one fails."""
+    o = p.options
+    gpus = torch.cuda.device_count() if p.device.type == "cuda" else 0
+    procs = []
+    for i in range(o.workers):
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        procs.append(subprocess.Popen(_worker_command(o, f"{i}/{o.workers}"), env=env))
+    failed = []
+    try:
+        for i, proc in enumerate(procs):
+            if proc.wait() != 0:
+                failed.append(f"worker {i} (exit {proc.returncode})")
+    except BaseException:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        raise
+    if failed:
+        raise UserError(f"{', '.join(failed)} failed; finished items are kept, rerun to continue")
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def evaluate(options: EvaluateOptions) -> int:
+    """``iss3d evaluate``: check, generate (resumable, sharded), measure and report.
+
+    Returns 0, or 130 after Ctrl-C (finished items are kept).
+
+    Raises:
+        UserError: bad input (nothing written), or a failed worker.
+    """
+    from infer.evaluate_report import compute_results, write_report
+
+    p = prepare(options)
+    out = options.out
+    open_out(out, run_settings(p))
+    items = plan_items(p.methods, p.texts, options.samples)
+    try:
+        if options.workers > 1:
+            run_workers(p)
+        else:
+            mine = items
+            if p.shard is not None:
+                i, n = p.shard
+                mine = [it for k, it in enumerate(items) if k % n == i]
+            made, skipped = generate_items(p, mine)
+            if p.shard is not None:
+                print(
+                    f"shard {p.shard[0]}/{p.shard[1]}: {made} items made, {skipped} already "
+                    f"there, in {out}/items; run without --shard to compute the metrics"
+                )
+                return 0
+    except KeyboardInterrupt:
+        print(
+            "iss3d: interrupted; finished items are kept in "
+            f"{out}/items, rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
+    missing = [it for it in items if not (out / it.relpath).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} items are missing in {out}/items (a worker stopped?)")
+    results = compute_results(p, items)
+    written = write_report(out, results, p)
+    print(f"wrote {', '.join(str(w) for w in written)}")
+    return 0

@@ -1,0 +1,240 @@
+"""``iss3d fit pointnet``: train TreeGAN's PointNet classifier on a dataset's surface points.
+
+The classifier is :class:`models.pointnet.PointNetCls` (TreeGAN's layout, k = the dataset's
+category count unless ``k`` is set), trained as fxia22's ``pointnet.pytorch`` trains it: Adam
+1e-3, cross-entropy on the category, one random subset of ``data.points`` surface points per
+object and step, centred and scaled to the unit sphere, randomly rotated about the up axis and
+jittered. Its features then serve the Frechet PointNet Distance of ``iss3d evaluate``.
+
+Data: any multi-view file with categories (at least two) and surface points (``eval/
+surface_points``: the synthetic world has them). The run folder follows the conventions of the
+other trainers (config.yaml, command.txt, checkpoints/last.ckpt, --resume, overrides) and ends
+with ``DIR/pointnet.pt`` (:func:`models.pointnet.export_pointnet`: TreeGAN key names, the
+category names, the point count), which ``iss3d evaluate --pointnet`` reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from data.errors import UserError
+from models import config as config_lib
+from models.pointnet import PointNetCls, normalize_clouds
+from train.runs import RunConfig, TrainerConfig
+from train.svr import AdamConfig
+
+__all__ = [
+    "PointNetConfig",
+    "PointNetDataConfig",
+    "PointNetSystem",
+    "SurfaceClouds",
+    "fit_pointnet",
+]
+
+
+@dataclass
+class PointNetDataConfig:
+    """The data of ``fit pointnet`` (YAML section ``data``).
+
+    path: the multi-view HDF5 file (``--data``). points: points per cloud (FPD: 2,048).
+    batch_size: clouds per step (BatchNorm needs >= 2). train_split, val_split: split names
+    (val None: no validation). rotate: random rotation about the up (y) axis;
+    jitter: std of Gaussian noise on the normalised points (0: none). num_workers: loaders.
+    """
+
+    path: str | None = None
+    points: int = 2048
+    batch_size: int = 32
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    rotate: bool = True
+    jitter: float = 0.02
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.points < 16:
+            raise UserError(f"data config: 'points' must be >= 16, got {self.points}")
+        if self.batch_size < 2:
+            raise UserError("data config: 'batch_size' must be >= 2 (BatchNorm)")
+        if self.jitter < 0 or self.num_workers < 0:
+            raise UserError("data config: 'jitter' and 'num_workers' must be >= 0")
+
+
+@dataclass
+class PointNetConfig:
+    """Everything ``iss3d fit pointnet`` reads (``configs/pointnet/*.yaml``).
+
+    k: classifier outputs (None: the dataset's category count; TreeGAN's ShapeNet one: 16).
+    """
+
+    data: PointNetDataConfig = field(default_factory=PointNetDataConfig)
+    k: int | None = None
+    optim: AdamConfig = field(default_factory=lambda: AdamConfig(lr=1e-3))
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="pointnet"))
+
+    def __post_init__(self) -> None:
+        if self.k is not None and self.k < 2:
+            raise UserError(f"pointnet config: 'k' must be >= 2 or null, got {self.k}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PointNetConfig:
+        return config_lib.from_dict(cls, d, "pointnet config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_lib.to_dict(self)
+
+
+class SurfaceClouds(Dataset):
+    """(cloud (points, 3) float32 normalised and augmented, category label) per object of a
+    split; every object's surface points are read into memory once."""
+
+    def __init__(
+        self, file, split: str | None, categories: list[str], cfg: PointNetDataConfig, train: bool
+    ):
+        self.objects = [int(o) for o in file.objects_in(split)]
+        index = {c: i for i, c in enumerate(categories)}
+        self.labels = [index[str(file.categories[o])] for o in self.objects]
+        self.clouds = [np.asarray(file.read_surface(o).points, np.float32) for o in self.objects]
+        self.cfg = cfg
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        cloud = torch.from_numpy(self.clouds[i])
+        n = self.cfg.points
+        if self.train:
+            pick = (
+                torch.randperm(len(cloud))[:n]
+                if len(cloud) >= n
+                else torch.randint(len(cloud), (n,))
+            )
+        else:  # a fixed subset: validation is deterministic
+            pick = torch.arange(n) % len(cloud)
+        x = normalize_clouds(cloud[pick])
+        if self.train and self.cfg.rotate:
+            a = float(torch.rand(())) * 2 * math.pi
+            ca, sa = math.cos(a), math.sin(a)
+            rot = torch.tensor([[ca, 0.0, sa], [0.0, 1.0, 0.0], [-sa, 0.0, ca]])
+            x = x @ rot.T
+        if self.train and self.cfg.jitter > 0:
+            x = x + self.cfg.jitter * torch.randn_like(x)
+        return x, self.labels[i]
+
+
+class PointNetSystem(pl.LightningModule):
+    """Lightning wrapper: ``model`` (:class:`PointNetCls`), cross-entropy, accuracy.
+
+    State-dict keys ``model.<TreeGAN name>``; hyper-parameters ``config``, ``categories``, ``k``.
+    """
+
+    def __init__(self, config: PointNetConfig | Mapping[str, Any], categories: list[str], k: int):
+        super().__init__()
+        cfg = config if isinstance(config, PointNetConfig) else PointNetConfig.from_dict(config)
+        self.cfg = cfg
+        self.save_hyperparameters(
+            {"config": cfg.to_dict(), "categories": list(categories), "k": int(k)}
+        )
+        self.model = PointNetCls(k=k)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x).logits
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log(f"{stage}/loss", loss.detach(), prog_bar=stage == "train", batch_size=len(y))
+        self.log(f"{stage}/acc", acc, prog_bar=stage == "val", batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return self.cfg.optim.optimizers([{"params": list(self.model.parameters())}])
+
+
+class _Data(pl.LightningDataModule):
+    def __init__(self, train: SurfaceClouds, val: SurfaceClouds | None, cfg: PointNetDataConfig):
+        super().__init__()
+        self.train, self.val, self.cfg = train, val, cfg
+
+    def train_dataloader(self) -> DataLoader:
+        batch = min(self.cfg.batch_size, len(self.train))
+        return DataLoader(
+            self.train,
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers
+        )
+
+
+def fit_pointnet(
+    cfg: PointNetConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
+) -> int:
+    """Check the data, prepare the run folder, train, export ``DIR/pointnet.pt``. Returns 0."""
+    from data.reader import MultiViewFile
+    from models.pointnet import export_pointnet
+    from train import runs
+
+    d = cfg.data
+    file = MultiViewFile(d.path)
+    if not file.has_surface:
+        raise UserError(
+            f"{d.path}: has no surface points (eval/surface_points), which PointNet trains on"
+        )
+    categories = file.category_names
+    if len(categories) < 2:
+        raise UserError(f"{d.path}: needs at least 2 categories to train a classifier")
+    k = cfg.k if cfg.k is not None else len(categories)
+    if k < len(categories):
+        raise UserError(f"pointnet config: k={k} but {d.path} has {len(categories)} categories")
+    train = SurfaceClouds(file, d.train_split, categories, d, train=True)
+    if len(train) < 2:
+        raise UserError(f"{d.path}: fewer than 2 objects in the train split {d.train_split!r}")
+    val = None
+    if cfg.trainer.val_check_interval > 0:
+        val = SurfaceClouds(file, d.val_split, categories, d, train=False)
+        if len(val) == 0:
+            raise UserError(
+                f"{d.path}: no objects in the validation split {d.val_split!r} "
+                "(set trainer.val_check_interval=0 to train without validation)"
+            )
+    run_dir = runs.RunDir(out or runs.default_run_dir("pointnet", cfg.run.name))
+    config_dict = cfg.to_dict()
+    ckpt = run_dir.check(config_dict, resume)
+    system = PointNetSystem(cfg, categories, k)
+    run_dir.create(config_dict, command)
+    trainer = runs.make_trainer(
+        run_dir, cfg.trainer, cfg.run, "pointnet", enable_progress_bar=progress
+    )
+    runs.fit(trainer, system, _Data(train, val, d), ckpt)
+    path = export_pointnet(
+        run_dir.path / "pointnet.pt",
+        system.model,
+        categories + [f"unused_{i}" for i in range(k - len(categories))],
+        d.points,
+        {"data": str(d.path), "step": int(trainer.global_step)},
+    )
+    print(f"run folder: {run_dir.path} (step {trainer.global_step}); PointNet: {path}")
+    return 0
