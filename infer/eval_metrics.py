@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,9 @@ def _torchscript(path: Path, device: torch.device) -> ImageFeatureNetwork:
     if not path.is_file():
         raise UserError(f"{path}: no such file (FID feature network)")
     try:
-        net = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated, still supported
+            net = torch.jit.load(str(path), map_location=device).eval()
     except Exception as err:
         raise UserError(f"{path}: cannot load as a TorchScript feature network ({err})") from None
 

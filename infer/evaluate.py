@@ -564,6 +564,13 @@ def prepare(options: EvaluateOptions) -> Prepared:
         from infer.methods import load_eid
 
         ei_d = load_eid(o.ei_d, device)
+        if clip is not None and ei_d.clip_spec and ei_d.clip_spec != clip_spec:
+            from infer.generate import warn
+
+            warn(
+                f"{o.ei_d} was trained with CLIP {ei_d.clip_spec!r}, not the guidance CLIP "
+                f"{clip_spec!r} whose text features ei-d is fed"
+            )
         if clip is not None and ei_d.clip_embed_dim != clip.embed_dim:
             raise UserError(
                 f"{o.ei_d}: trained with {ei_d.clip_embed_dim}-d CLIP features, the guidance "

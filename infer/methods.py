@@ -308,12 +308,6 @@ class MethodSpec:
     needs: tuple[str, ...]
     run: Callable[[MethodContext, ShapeRequest], GeneratedShape]
 
-    def missing(self, ctx_or_available: MethodContext | set[str]) -> list[str]:
-        """The needed models that are not available."""
-        if isinstance(ctx_or_available, set):
-            return [n for n in self.needs if n not in ctx_or_available]
-        return [n for n in self.needs if not ctx_or_available.available(n)]
-
 
 def _without_bg(cfg: Stage2Config) -> Stage2Config:
     out = copy.deepcopy(cfg)

@@ -79,6 +79,15 @@ STAGES = (
         "train.pointnet",
         "PointNetConfig",
     ),
+    FitStage(
+        "eid",
+        "ISS's E_I + D baseline: a decoder trained on frozen CLIP image features",
+        "Train a decoder conditioned directly on CLIP image features (no SVR encoder, no "
+        "mapper) with the DVR and background losses; iss3d evaluate --ei-d feeds it f_T.",
+        "train.eid",
+        "EIDConfig",
+        (StageFlag("--clip", "clip", "CLIP spec (sets clip); decoder.c_dim = its feature size"),),
+    ),
 )
 
 
