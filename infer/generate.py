@@ -24,6 +24,7 @@ error or Ctrl-C leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import platform
@@ -441,7 +442,7 @@ def _generate(
     from infer.stylize import LATENT_FILE, save_latent
     from models.clip import load_clip
     from models.mesh import MeshConfig, extract_mesh
-    from models.renderer import MarchConfig, Renderer
+    from models.renderer import Renderer
 
     s2, ex = cfg.stage2, cfg.export
     timings: dict[str, float] = {}
@@ -472,13 +473,7 @@ def _generate(
                 warn(text)
         timings["encode_text_s"] = time.perf_counter() - t0
 
-        march = MarchConfig(
-            n_steps=ex.march_steps or s2.march.n_steps,
-            n_secant=s2.march.n_secant,
-            padding=s2.march.padding,
-            chunk=s2.march.chunk,
-            min_grad=s2.march.min_grad,
-        )
+        march = dataclasses.replace(s2.march, n_steps=ex.march_steps or s2.march.n_steps)
         view_renderer = Renderer(march)
         distance = ex.distance if ex.distance is not None else s2.cameras.mean_distance
         perturb = s2.diversity.active(samples)

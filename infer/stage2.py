@@ -111,11 +111,6 @@ class Stage2Config:
             )
         if self.lr <= 0:
             raise UserError(f"stage2 config: 'lr' must be > 0, got {self.lr}")
-        m = self.march
-        if m.n_steps < 2 or m.n_secant < 0 or m.chunk < 1 or m.padding < 0:
-            raise UserError(
-                "stage2 config: march needs n_steps >= 2, n_secant >= 0, chunk >= 1, padding >= 0"
-            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Stage2Config:

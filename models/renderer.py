@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from data.cameras import pixel_coords, rays
+from data.errors import UserError
 
 
 class ImplicitField(Protocol):
@@ -56,11 +57,15 @@ class MarchConfig:
 
     def __post_init__(self) -> None:
         if self.method not in MARCH_METHODS:
-            raise ValueError(f"march method must be one of {MARCH_METHODS}, got {self.method!r}")
-        if self.n_steps < 2 or self.n_secant < 0 or self.chunk < 1:
-            raise ValueError("march: n_steps >= 2, n_secant >= 0 and chunk >= 1 are needed")
+            raise UserError(
+                f"march config: 'method' must be one of {MARCH_METHODS}, got {self.method!r}"
+            )
+        if self.n_steps < 2 or self.n_secant < 0 or self.chunk < 1 or self.padding < 0:
+            raise UserError(
+                "march config: n_steps >= 2, n_secant >= 0, chunk >= 1 and padding >= 0 are needed"
+            )
         if self.grid < 2 or self.window < 1 or self.margin < 0:
-            raise ValueError("march: grid >= 2, window >= 1 and margin >= 0 are needed")
+            raise UserError("march config: grid >= 2, window >= 1 and margin >= 0 are needed")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
+from data.errors import UserError
 from models.decoder import Decoder
 from models.grid_march import candidate_cells, grid_march, lattice_logits
 from models.renderer import MarchConfig, Renderer, march, trace_surface
@@ -136,5 +137,5 @@ def test_lattice_matches_direct_evaluation():
 
 
 def test_config_rejects_unknown_method():
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(UserError, match="method"):
         MarchConfig(method="sphere-tracing")
