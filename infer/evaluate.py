@@ -542,7 +542,8 @@ def prepare(options: EvaluateOptions) -> Prepared:
     needs = {n for m in methods for n in METHODS[m].needs}
     stage1 = stage1_path = clip = None
     clip_spec = o.clip
-    if "stage1" in needs or "stage1_nobg" in needs or o.stage1 is not None:
+    # the stage-1 model: for the methods that need it, and as the source of the guidance CLIP
+    if needs & {"stage1", "stage1_nobg"} or o.stage1 is not None or o.clip is None:
         from infer.generate import DEFAULT_STAGE1
 
         if o.stage1 is not None or DEFAULT_STAGE1.is_file():
@@ -845,7 +846,7 @@ def evaluate(options: EvaluateOptions) -> int:
             if p.shard is not None:
                 print(
                     f"shard {p.shard[0]}/{p.shard[1]}: {made} items made, {skipped} already "
-                    f"there, in {out}/items; run without --shard to compute the metrics"
+                    f"there, in {out}/items (the metrics come from a run without --shard)"
                 )
                 return 0
     except KeyboardInterrupt:

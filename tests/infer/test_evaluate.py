@@ -374,3 +374,22 @@ def test_voxel_field_is_a_differentiable_sphere_the_stage2_loop_can_move():
     result = run_stage2(start, field, guide, cfg, torch.Generator().manual_seed(0))
     assert not torch.equal(result.latent_after, c)
     assert torch.equal(start.latent.detach(), c)  # the loop works on a copy
+
+
+def test_fit_eid_writes_a_checkpoint_the_ei_d_method_loads(tiny_world, tmp_path):
+    from infer.methods import load_eid
+
+    out = tmp_path / "eid"
+    a = ["fit", "eid", "--config", "eid/tiny", "--clip", "clip/tiny-64"]
+    a += ["--data", str(tiny_world), "--out", str(out), "--no-progress"]
+    a += ["trainer.max_steps=1", "trainer.val_check_interval=1", "data.batch_size=2"]
+    a += ["data.pixels=8", "data.occupancy_points=64", "decoder.hidden=32", "decoder.n_blocks=1"]
+    a += ["march.n_steps=[[0, 8]]"]
+    assert main(a) == 0
+    model = load_eid(out / "checkpoints" / "last.ckpt")
+    assert model.clip_embed_dim == 128 and model.clip_spec == "clip/tiny-64"
+    occ = model.decoder.occupancy(torch.zeros(1, 4, 3), torch.zeros(1, 128))
+    assert occ.shape == (1, 4)
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": {}}}, tmp_path / "other.ckpt")
+    with pytest.raises(ev.UserError, match="not an E_I"):
+        load_eid(tmp_path / "other.ckpt")
