@@ -24,6 +24,7 @@ a rerun with other settings in the same folder is refused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -86,7 +87,8 @@ class RenderConfig:
 
     views: cameras evenly spaced in azimuth from the front, at ``elevation`` degrees and
         ``distance`` (None: the middle of ``stage2.cameras.distance``), focal as stage 2's.
-    resolution: render side in pixels. march_steps: ray samples (None: stage 2's).
+    resolution: render side in pixels. march_steps: ray samples (None: stage 2's); the other
+        march settings (method, secant steps, padding) are ``stage2.march``'s.
     background: ``white`` (a solid white background where rays miss the surface, as a mesh
         renderer shows the shape) or ``field`` (the colour the field draws there).
     """
@@ -328,21 +330,13 @@ def describe_shape(shape, cfg: EvaluateConfig, seed: int) -> tuple[dict[str, np.
 
     from infer.view_sampling import fixed_views
     from models.mesh import MeshConfig, extract_mesh, occupancy_grid
-    from models.renderer import MarchConfig, Renderer
+    from models.renderer import Renderer
 
     s2, r, sh = cfg.stage2, cfg.render, cfg.shape
     field_, c = shape.field, shape.latent
     device = c.device if c is not None else torch.device("cpu")
     m = s2.march
-    renderer = Renderer(
-        MarchConfig(
-            n_steps=r.march_steps or m.n_steps,
-            n_secant=m.n_secant,
-            padding=m.padding,
-            chunk=m.chunk,
-            min_grad=m.min_grad,
-        )
-    )
+    renderer = Renderer(dataclasses.replace(m, n_steps=r.march_steps or m.n_steps))
     distance = r.distance if r.distance is not None else s2.cameras.mean_distance
     views = fixed_views(r.views, r.elevation, distance, s2.cameras.focal).to(device)
     frames = []
