@@ -1,4 +1,8 @@
-"""Reference renderer and mesh extraction: time per view, decoder evaluations per ray, mesh time.
+"""Renderers and mesh extraction: time per view, decoder evaluations per ray, mesh time.
+
+Each view is rendered by the reference (dense) march and by the grid march in the same run; the
+grid march is reported as a speed ratio and by its agreement with the reference (hit-mask
+agreement, largest depth difference on common hits, image PSNR).
 
 The decoder is DVR's architecture at the tiny (h=128, 3 blocks) and paper (h=512, 5 blocks)
 sizes with random weights; a sphere term is added to its occupancy so that rays really meet a
@@ -14,12 +18,27 @@ import numpy as np
 import torch
 
 from bench.common import write_result
-from data.cameras import intrinsics, look_at, orbit_eyes
+from data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
 from models.decoder import Decoder
 from models.mesh import MeshConfig, extract_mesh
 from models.renderer import MarchConfig, Renderer
 
 NAME = "render"
+METHODS = ("dense", "grid")
+#: Views rendered per latent in one batch (a tiny-preset stage-2 step renders 4).
+VIEWS = 4
+
+
+def _agreement(ref: dict, fast: dict, key: str) -> dict[str, float]:
+    """Hit-mask agreement, largest depth difference on common hits and PSNR of fast vs ref."""
+    both = (ref["mask"] > 0) & (fast["mask"] > 0)
+    depth_err = (ref["depth"][both] - fast["depth"][both]).abs().max() if both.any() else 0.0
+    mse = ((ref["rgb"] - fast["rgb"]) ** 2).mean().item()
+    return {
+        f"{key}_mask_agreement": float((ref["mask"] == fast["mask"]).float().mean()),
+        f"{key}_max_depth_error": float(depth_err),
+        f"{key}_psnr_db": float("inf") if mse == 0 else float(-10 * np.log10(mse)),
+    }
 
 
 class SphereDecoder(torch.nn.Module):
@@ -46,11 +65,15 @@ def _time(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _cameras(views: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _view_rays(views: int, res: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays of ``views`` orbit cameras at ``res`` px as ONE batch element (1, V * res^2, 3):
+    all views of one latent together, as a stage-2 step renders them."""
     eyes = orbit_eyes(np.linspace(0, 360, views, endpoint=False), np.full(views, 20.0), 1.8)
     world = torch.tensor(np.stack([look_at(e) for e in eyes]), dtype=torch.float32, device=device)
     camera = torch.tensor(intrinsics(), dtype=torch.float32, device=device).expand(views, 4, 4)
-    return world, camera, torch.eye(4, device=device).expand(views, 4, 4)
+    xy = pixel_coords(res, res).to(device).expand(views, -1, -1)
+    origins, dirs = rays(xy, world, camera, torch.eye(4, device=device).expand(views, 4, 4))
+    return origins.reshape(1, -1, 3), dirs.reshape(1, -1, 3)
 
 
 def main(quick: bool = False) -> dict:
@@ -68,23 +91,35 @@ def main(quick: bool = False) -> dict:
     for size, kw in sizes.items():
         field = SphereDecoder(Decoder(**kw)).to(device).eval()
         c = torch.randn(1, kw["c_dim"], device=device)
-        renderer = Renderer(MarchConfig(n_steps=128, n_secant=8))
         for res in resolutions:
             if cpu and size == "paper" and res > 64:
                 continue  # minutes per view on 2 cores; evaluations per ray do not depend on res
-            world, camera, scale = _cameras(1, device)
-            out = {}
+            origins, dirs = _view_rays(VIEWS, res, device)
+            outs = {}
+            for method in METHODS:
+                renderer = Renderer(MarchConfig(n_steps=128, n_secant=8, method=method, grid=48))
+                out = outs.setdefault(method, {})
 
-            def render(
-                field=field, c=c, renderer=renderer, cams=(world, camera, scale), res=res, out=out
-            ):
-                with torch.no_grad():
-                    out.update(renderer.render_images(field, c, *cams, res, res))
+                def render(field=field, c=c, renderer=renderer, o=origins, d=dirs, out=out):
+                    with torch.no_grad():
+                        r = renderer.render_rays(field, c, o, d, background=1.0)
+                    out.update(
+                        rgb=r.rgb,
+                        mask=r.hits.hit.float(),
+                        depth=r.hits.depth,
+                        evaluations=r.hits.evaluations,
+                    )
 
-            seconds = _time(render, repeats)
-            figures[f"{size}_s_per_view_{res}px"] = seconds
-            figures[f"{size}_evals_per_ray_{res}px"] = float(out["evaluations"]) / (res * res)
-            figures[f"{size}_hit_fraction_{res}px"] = float(out["mask"].mean())
+                seconds = _time(render, repeats)
+                key = f"{size}_{method}_{res}px"
+                figures[f"{key}_s_per_view"] = seconds / VIEWS
+                figures[f"{key}_evals_per_ray"] = float(out["evaluations"]) / origins.shape[1]
+            figures.update(_agreement(outs["dense"], outs["grid"], f"{size}_{res}px"))
+            figures[f"{size}_{res}px_speedup"] = (
+                figures[f"{size}_dense_{res}px_s_per_view"]
+                / figures[f"{size}_grid_{res}px_s_per_view"]
+            )
+            figures[f"{size}_hit_fraction_{res}px"] = float(outs["dense"]["mask"].mean())
         for r0, steps in mesh_resolutions:
             cfg = MeshConfig(resolution0=r0, upsampling_steps=steps)
             result = {}
@@ -99,15 +134,17 @@ def main(quick: bool = False) -> dict:
     config = {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "march": {"n_steps": 128, "n_secant": 8},
+        "march": {"n_steps": 128, "n_secant": 8, "methods": list(METHODS), "grid": 48},
         "decoders": sizes,
         "resolutions": list(resolutions),
+        "views_per_latent": VIEWS,
         "repeats": repeats,
         "skipped": "paper decoder at 128 px on CPU" if cpu else None,
     }
     notes = [
-        "reference marcher: 128 dense samples + 8 secant steps per ray, plus the colour query;"
-        " evals_per_ray counts decoder point evaluations divided by pixels",
+        "dense: the reference, 128 samples + 8 secant steps per ray, plus the colour query;"
+        " grid: models/grid_march.py (48^3 lattice, same samples and secant steps);"
+        " evals_per_ray counts decoder point evaluations divided by pixels (lattice included)",
         "mesh: coarse-to-fine occupancy grid from 32^3 (MISE-like), marching cubes, vertex"
         " colours; mesh_dense_evals is what a dense grid would cost",
     ]
