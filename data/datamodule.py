@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from data import config as config_lib
 from data.datasets import EpochSampler, ObjectDataset, ViewDataset
 from data.errors import UserError
 from data.reader import MultiViewFile
@@ -83,18 +83,10 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DataConfig:
         """Build from a mapping (e.g. parsed YAML); unknown keys are errors."""
-        if not isinstance(d, dict):
-            raise UserError(f"data config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise UserError(f"unknown key {key!r} in data config")
-        if "path" not in d:
-            raise UserError("data config: missing key 'path'")
-        return cls(**d)
+        return config_lib.from_dict(cls, d, "data config")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return config_lib.to_dict(self)
 
 
 def _is_int(value) -> bool:

@@ -42,11 +42,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from data import config as config_lib
 from data.atomic import atomic_output
 from data.errors import UserError
 from infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
 from infer.stage2 import Stage2Config
-from models import config as config_lib
 
 __all__ = [
     "DEFAULT_JUDGE",

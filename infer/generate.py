@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from data import config as config_lib
 from data.errors import UserError
 from infer.stage2 import Stage2Config
-from models import config as config_lib
 
 __all__ = [
     "DEFAULT_CLIP",

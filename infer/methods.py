@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data import config as config_lib
 from data.errors import UserError
 from infer.guidance import GuidanceConfig, Guide, PromptSchedule
 from infer.stage2 import Stage2Config, run_stage2
-from models import config as config_lib
 from models.mapper import perturb_feature
 
 __all__ = [

@@ -29,11 +29,11 @@ from typing import Any, Literal
 
 import torch
 
+from data import config as config_lib
 from data.cameras import pixel_coords, rays
 from data.errors import UserError
 from infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
 from infer.view_sampling import CameraConfig, Views, sample_views
-from models import config as config_lib
 from models.mapper import Mapper, perturb_feature
 from models.renderer import ImplicitField, MarchConfig, Renderer, cube_interval
 

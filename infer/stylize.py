@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data import config as config_lib
 from data.errors import UserError
 from infer.generate import ExportConfig
 from infer.guidance import AugmentConfig, GuidanceConfig, Guide
 from infer.view_sampling import CameraConfig
-from models import config as config_lib
 from models.decoder import BranchedDecoder, Decoder, split_branches
 from models.renderer import ImplicitField, MarchConfig, Renderer, occupancy_in_chunks
 

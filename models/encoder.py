@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from data import config as config_lib
 from data.errors import UserError
-from models import config as config_lib
 from models.checkpoints import load_state_into, safe_load
 
 __all__ = [

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data import config as config_lib
 from data.errors import UserError
-from models import config as config_lib
 
 __all__ = [
     "Mapper",

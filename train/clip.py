@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
+from data import config as config_lib
 from data.datamodule import DataConfig
 from data.errors import UserError
 from data.reader import MultiViewFile
-from models import config as config_lib
 from models.clip import (
     ClipModel,
     RandomResizedCrop,

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
+from data import config as config_lib
 from data.datamodule import DataConfig
 from data.errors import UserError
-from models import config as config_lib
 from models.decoder import DecoderConfig
 from models.metrics import occupancy_iou
 from train.runs import RunConfig, TrainerConfig

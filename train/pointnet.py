@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from data import config as config_lib
 from data.errors import UserError
-from models import config as config_lib
 from models.pointnet import PointNetCls, normalize_clouds
 from train.runs import RunConfig, TrainerConfig
 from train.svr import AdamConfig

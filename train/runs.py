@@ -4,7 +4,7 @@ A training command goes through these steps, in this order, so that a bad config
 file never leaves a run folder behind:
 
 1. :func:`load_config`: YAML (a path, or a name under ``configs/`` such as ``svr/tiny``) ->
-   raw dict -> ``key.sub=value`` overrides -> strict dataclass (``models.config.from_dict``).
+   raw dict -> ``key.sub=value`` overrides -> strict dataclass (``data.config.from_dict``).
 2. The stage validates everything else it needs (opens the data file, builds its datasets).
 3. :meth:`RunDir.prepare`: checks the folder (a fresh one, or ``--resume`` with the same config
    except ``trainer.max_steps``), then creates it and writes ``config.yaml`` and ``command.txt``.
@@ -14,7 +14,7 @@ file never leaves a run folder behind:
 
 Run folder layout::
 
-    DIR/config.yaml            resolved config (models.config.to_dict)
+    DIR/config.yaml            resolved config (data.config.to_dict)
     DIR/command.txt            the command line(s) that ran in this folder, one per line
     DIR/checkpoints/last.ckpt  Lightning checkpoint (weights, optimizer, step)
     DIR/csv/version_<n>/metrics.csv   one version per invocation (a resume adds one)
@@ -38,9 +38,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from data import config as config_lib
 from data.atomic import atomic_output
 from data.errors import UserError
-from models import config as config_lib
 
 T = TypeVar("T")
 

@@ -48,9 +48,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from data import config as config_lib
 from data.datamodule import DataConfig
 from data.errors import UserError
-from models import config as config_lib
 from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
 from models.metrics import occupancy_iou

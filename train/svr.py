@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from data import config as config_lib
 from data.cameras import rays
 from data.datamodule import DataConfig
 from data.errors import UserError
 from data.reader import MultiViewFile
-from models import config as config_lib
 from models import losses as L
 from models.decoder import DecoderConfig
 from models.encoder import EncoderConfig

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from data import config as config_lib
 from infer import evaluate as ev
 from infer.cli import build_parser, main
 from infer.methods import METHODS, LatentParameter, VoxelField
-from models import config as config_lib
 from models.clip import build_open_clip, clip_config, export_checkpoint
 from models.decoder import DecoderConfig
 from models.pointnet import PointNetCls, export_pointnet

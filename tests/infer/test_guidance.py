@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data.config import from_dict
 from data.errors import UserError
 from infer.guidance import (
     AugmentConfig,
@@ -22,7 +23,6 @@ from infer.guidance import (
 )
 from infer.stage2 import Stage2Config
 from models.clip import load_clip
-from models.config import from_dict
 
 CLIP = "clip/tiny-64"
 

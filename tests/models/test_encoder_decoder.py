@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
+from data import config as config_lib
 from data.errors import UserError
-from models import config as config_lib
 from models.decoder import (
     BranchedDecoder,
     Decoder,
