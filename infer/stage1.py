@@ -15,7 +15,7 @@ from models.mapper import Mapper, MapperConfig
 from train.stage1 import Stage1Config
 from train.svr import SVRConfig
 
-__all__ = ["Stage1Model", "load_stage1"]
+__all__ = ["Stage1Model", "import_iss_checkpoint", "load_stage1"]
 
 
 @dataclass
@@ -81,3 +81,64 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         config=config,
         svr_config=svr_config,
     )
+
+
+def import_iss_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    clip_spec: str = "ViT-B-32:openai",
+    image_size: tuple[int, int] = (224, 224),
+) -> Stage1Model:
+    """Convert an official ISS stage-1 checkpoint into a stage-1 file ``generate`` reads.
+
+    The mapper (``generator.*``) and the decoder (``decoder.*``) are kept, their architectures
+    read off the weights (:func:`models.checkpoints.load_iss_checkpoint`); the configs are
+    ``stage1/paper`` and ``svr/paper`` with those sizes. The CLIP weights in the file are not
+    copied: ``clip_spec`` names the model (ISS used OpenAI's ViT-B/32). Written to a temporary
+    name, then renamed; the result is loaded back as a check.
+
+    Raises:
+        UserError: unreadable or not an ISS checkpoint, or a mapper whose input size is not the
+            named CLIP's (checked when stage 2 loads it).
+    """
+    from data.atomic import atomic_output
+    from models.checkpoints import load_iss_checkpoint
+    from train import runs
+
+    iss = load_iss_checkpoint(src)
+    origin = f"converted from the ISS checkpoint {Path(src).name}"
+    m, d = iss.mapper_config, iss.decoder_config
+    config = runs.load_config(
+        Stage1Config,
+        "stage1/paper",
+        [
+            ("data.path", origin),
+            ("clip", clip_spec),
+            *((f"mapper.{k}", v) for k, v in vars(m).items()),
+        ],
+    )
+    svr_config = runs.load_config(
+        SVRConfig,
+        "svr/paper",
+        [
+            ("data.path", origin),
+            ("encoder.c_dim", d.c_dim),
+            *((f"decoder.{k}", v) for k, v in vars(d).items()),
+        ],
+    )
+    mapper, decoder = iss.build_mapper(), iss.build_decoder()
+    state = {f"mapper.{k}": v for k, v in mapper.state_dict().items()}
+    state.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
+    ckpt = {
+        "state_dict": state,
+        "hyper_parameters": {
+            "config": config.to_dict(),
+            "svr_config": svr_config.to_dict(),
+            "image_size": list(image_size),
+            "clip_spec": clip_spec,
+            "clip_embed_dim": int(m.in_dim),
+        },
+    }
+    with atomic_output(dst) as tmp:
+        torch.save(ckpt, tmp)
+    return load_stage1(dst)

@@ -186,3 +186,28 @@ def test_iss_bad_checkpoints(source, tmp_path):
     both = {**good, "generator.0.weight": good["generator.linear_1.weight"]}
     with pytest.raises(UserError, match="same parameter"):
         load_iss_checkpoint(saved(both))
+
+
+def test_import_iss_gives_a_stage1_file_with_the_same_weights(source, tmp_path, capsys):
+    from infer.cli import main
+    from infer.stage1 import load_stage1
+
+    mapper, decoder = source
+    src = tmp_path / "iss.pth"
+    torch.save({"model": _iss_state(mapper, decoder, "linear"), "it": 7}, src)
+    out = tmp_path / "stage1.ckpt"
+    assert main(["import-iss", str(src), "--out", str(out), "--clip", "clip/tiny-64"]) == 0
+    model = load_stage1(out)
+    f = torch.randn(3, MAPPER.in_dim)
+    p, c = torch.rand(3, 50, 3) - 0.5, torch.randn(3, C_DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(model.mapper(f), mapper(f))
+        torch.testing.assert_close(model.decoder.occupancy(p, c), decoder.occupancy(p, c))
+    assert model.clip_spec == "clip/tiny-64" and model.clip_embed_dim == MAPPER.in_dim
+    assert model.decoder_config.hidden == HIDDEN and model.decoder_config.n_blocks == BLOCKS
+    bad = tmp_path / "dvr.pt"
+    torch.save({"model": {f"decoder.{k}": v for k, v in decoder.state_dict().items()}}, bad)
+    capsys.readouterr()
+    assert main(["import-iss", str(bad), "--out", str(tmp_path / "x.ckpt")]) == 2
+    assert "no generator.* keys" in capsys.readouterr().err
+    assert not (tmp_path / "x.ckpt").exists()
