@@ -46,10 +46,11 @@ $(MODELS_WORK)/svr/checkpoints/last.ckpt: $(MODELS_WORK)/world.h5
 $(MODELS_WORK)/clip/clip.pt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit clip --config clip/tiny --data $< --out $(MODELS_WORK)/clip --no-progress
 
-# The judge: the same recipe with another seed, for scores the guiding CLIP did not optimise.
+# The judge: the same recipe with another seed and half the steps, for scores the guiding CLIP
+# did not optimise.
 $(MODELS_WORK)/clip-judge/clip.pt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit clip --config clip/tiny --data $< --out $(MODELS_WORK)/clip-judge --no-progress \
-		run.seed=1 run.name=judge
+		run.seed=1 run.name=judge trainer.max_steps=3000
 
 $(MODELS_WORK)/stage1/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt
 	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \

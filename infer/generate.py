@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import filecmp
 import itertools
 import json
 import platform
@@ -241,10 +242,11 @@ def resolve_models(stage1: Path | None, clip: str | None, device: torch.device):
 
 
 def _same_spec(a: str, b: str) -> bool:
+    """The same spec, the same file, or two files with the same bytes (a copied checkpoint)."""
     if a == b:
         return True
     pa, pb = Path(a), Path(b)
-    return pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
+    return pa.is_file() and pb.is_file() and filecmp.cmp(pa, pb, shallow=False)
 
 
 # -- diversity ------------------------------------------------------------------------------------
