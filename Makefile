@@ -27,11 +27,17 @@ $(STAMP): pyproject.toml constraints.txt
 test: setup ## Run the test suite on CPU (what CI runs)
 	$(OFFLINE) $(PY) -m pytest -n 2 -q
 
-demo: setup ## Build a small synthetic dataset and its contact sheet in $(DEMO_DIR)/
-	mkdir -p $(DEMO_DIR)
-	$(OFFLINE) $(VENV)/bin/iss3d data synth --out $(DEMO_DIR)/world.h5 --objects 48 --views 8 --res 64 --seed 0
-	$(OFFLINE) $(VENV)/bin/iss3d data info $(DEMO_DIR)/world.h5
-	$(OFFLINE) $(VENV)/bin/iss3d data sheet $(DEMO_DIR)/world.h5 -o $(DEMO_DIR)/sheet.png --objects 12
+# Prompts of the demo; "a green torus" and "a red chair" are held-out (category, colour) pairs
+# that never appear in the training split of the world the shipped models learned from.
+DEMO_PROMPTS := "a red sphere" "a blue box" "a yellow cone" "a green torus" "a red chair" "a pink mug"
+
+demo: setup ## A synthetic world sheet, then text -> 3D with the shipped models: $(DEMO_DIR)/gallery.png
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)/generated
+	$(ISS3D) data synth --out $(DEMO_DIR)/world.h5 --objects 48 --views 8 --res 64 --seed 0
+	$(ISS3D) data sheet $(DEMO_DIR)/world.h5 -o $(DEMO_DIR)/sheet.png --objects 12
+	i=0; for p in $(DEMO_PROMPTS); do i=$$((i + 1)); \
+		$(ISS3D) generate "$$p" --seed 0 --no-progress --out $(DEMO_DIR)/generated/$$i || exit 1; done
+	$(ISS3D) gallery $(DEMO_DIR)/generated/* --out $(DEMO_DIR)/gallery.png
 
 models: setup ## Retrain the shipped tiny models from scratch on CPU (world, SVR, 2 CLIPs, stage 1)
 	$(MAKE) $(PRETRAINED)/svr.pt $(PRETRAINED)/clip.pt $(PRETRAINED)/clip-judge.pt $(PRETRAINED)/stage1.ckpt

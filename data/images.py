@@ -166,3 +166,28 @@ def _pick_depth_channel(names: list[str]) -> str:
         if wanted in names:
             return wanted
     return names[0]
+
+
+def labelled_grid(
+    rows: list[tuple[str, list[Image.Image]]],
+    cell: int = 96,
+    header: list[str] | None = None,
+    label_width: int = 240,
+) -> Image.Image:
+    """A white RGB sheet: one row per ``(label, images)``, the label on the left, each image
+    resized (nearest) to ``cell`` x ``cell``; optional column titles ``header`` on top."""
+    from PIL import ImageDraw, ImageFont
+
+    columns = max((len(images) for _, images in rows), default=0)
+    head = 20 if header else 0
+    sheet = Image.new("RGB", (label_width + cell * columns, head + cell * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for j, title in enumerate(header or []):
+        draw.text((label_width + j * cell + 4, 4), title, "black", font)
+    for i, (label, images) in enumerate(rows):
+        draw.text((4, head + i * cell + cell // 2 - 6), label[:38], "black", font)
+        for j, image in enumerate(images):
+            tile = image.convert("RGB").resize((cell, cell), Image.NEAREST)
+            sheet.paste(tile, (label_width + j * cell, head + i * cell))
+    return sheet

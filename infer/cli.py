@@ -11,6 +11,7 @@ from infer import (
     clip_commands,
     data_commands,
     evaluate_commands,
+    gallery,
     generate_commands,
     stylize_commands,
     svr_commands,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_commands.register(commands)
     stylize_commands.register(commands)
     checkpoint_commands.register(commands)
+    gallery.register(commands)
     evaluate_commands.register(commands)
     return parser
 

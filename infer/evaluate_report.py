@@ -416,25 +416,20 @@ def bar_chart(title: str, labels: list[str], values: list[float | None], higher:
 
 def gallery(p, items: list, cell: int = 96):
     """Prompts (rows) x methods (columns): the front view of sample 0 of each shape."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
+    from data.images import labelled_grid
     from infer.evaluate import load_item
 
-    methods, texts = p.methods, p.texts
-    label_w, head_h = 240, 20
-    img = Image.new("RGB", (label_w + cell * len(methods), head_h + cell * len(texts)), "white")
-    draw = ImageDraw.Draw(img)
-    font = _font()
-    for j, m in enumerate(methods):
-        draw.text((label_w + j * cell + 4, 4), m, "black", font)
     index = {(it.method, it.prompt_index): it for it in items if it.sample == 0}
-    for i, prompt in enumerate(texts):
-        draw.text((4, head_h + i * cell + cell // 2 - 6), prompt[:38], "black", font)
-        for j, m in enumerate(methods):
+    rows = []
+    for i, prompt in enumerate(p.texts):
+        frames = []
+        for m in p.methods:
             arrays, _ = load_item(p.options.out / index[(m, i)].relpath)
-            frame = Image.fromarray(arrays["renders"][0]).resize((cell, cell), Image.NEAREST)
-            img.paste(frame, (label_w + j * cell, head_h + i * cell))
-    return img
+            frames.append(Image.fromarray(arrays["renders"][0]))
+        rows.append((prompt, frames))
+    return labelled_grid(rows, cell, header=list(p.methods))
 
 
 def _save_png(image, path: Path) -> None:
