@@ -178,10 +178,7 @@ def load_evaluate_config(preset: str, overrides: list | tuple = ()) -> EvaluateC
     overrides, parsed strictly."""
     from train import runs
 
-    path = Path(preset)
-    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"evaluate/{preset}"
-    raw = runs.apply_overrides(runs.read_yaml(runs.find_config(spec)), overrides, EvaluateConfig)
-    return EvaluateConfig.from_dict(raw)
+    return runs.load_preset(EvaluateConfig, "evaluate", preset, overrides)
 
 
 # -- inputs -------------------------------------------------------------------------------------

@@ -125,10 +125,7 @@ def load_generate_config(
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
     from train import runs
 
-    path = Path(preset)
-    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"generate/{preset}"
-    raw = runs.apply_overrides(runs.read_yaml(runs.find_config(spec)), overrides, GenerateConfig)
-    return GenerateConfig.from_dict(raw)
+    return runs.load_preset(GenerateConfig, "generate", preset, overrides)
 
 
 # -- checks ------------------------------------------------------------------------------

@@ -171,11 +171,6 @@ class StyleConfig:
             raise UserError(f"stylize config: 'lambda_prior' must be >= 0, got {self.lambda_prior}")
         if self.iou_grid < 2:
             raise UserError(f"stylize config: 'iou_grid' must be >= 2, got {self.iou_grid}")
-        m = self.march
-        if m.n_steps < 2 or m.n_secant < 0 or m.chunk < 1 or m.padding < 0:
-            raise UserError(
-                "stylize config: march needs n_steps >= 2, n_secant >= 0, chunk >= 1, padding >= 0"
-            )
 
 
 @dataclass
@@ -200,10 +195,7 @@ def load_stylize_config(
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
     from train import runs
 
-    path = Path(preset)
-    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"stylize/{preset}"
-    raw = runs.apply_overrides(runs.read_yaml(runs.find_config(spec)), overrides, StylizeConfig)
-    return StylizeConfig.from_dict(raw)
+    return runs.load_preset(StylizeConfig, "stylize", preset, overrides)
 
 
 # -- the latent file written by generate ----------------------------------------------------------

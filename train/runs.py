@@ -61,6 +61,7 @@ __all__ = [
     "find_config",
     "fit",
     "load_config",
+    "load_preset",
     "make_trainer",
     "parse_override",
     "read_yaml",
@@ -312,6 +313,19 @@ def load_config(
     path = find_config(spec)
     raw = apply_overrides(read_yaml(path), overrides, cls)
     return config_lib.from_dict(cls, raw, what)
+
+
+def load_preset(
+    cls: type[T],
+    folder: str,
+    preset: str | os.PathLike,
+    overrides: Sequence[tuple[str, Any] | str] = (),
+) -> T:
+    """:func:`load_config` for a preset name (``configs/<folder>/<preset>.yaml``) or a YAML path;
+    errors name the config ``"<folder> config"``."""
+    path = Path(preset)
+    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"{folder}/{preset}"
+    return load_config(cls, spec, overrides, f"{folder} config")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
