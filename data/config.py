@@ -17,13 +17,13 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from data.errors import UserError
 
 T = TypeVar("T")
 
-__all__ = ["from_dict", "to_dict"]
+__all__ = ["StrictConfig", "from_dict", "to_dict"]
 
 
 def from_dict(cls: type[T], d: Mapping[str, Any] | None, what: str) -> T:
@@ -194,3 +194,20 @@ def _convert(value: Any, tp: Any, what: str, key: str) -> Any:
             raise _Mismatch
         return from_dict(tp, value, f"{what} section {key!r}")
     return value
+
+
+class StrictConfig:
+    """Base of the dataclass configs: strict :meth:`from_dict` and :meth:`to_dict`.
+
+    Subclasses set ``CONFIG_NAME`` (how errors name them, e.g. ``"decoder config"``).
+    """
+
+    CONFIG_NAME: ClassVar[str] = "config"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Any:
+        """Parse strictly (unknown keys, wrong types, bad values -> UserError)."""
+        return from_dict(cls, d, cls.CONFIG_NAME)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from data import config as config_lib
+from data.config import StrictConfig
 from data.datasets import EpochSampler, ObjectDataset, ViewDataset
 from data.errors import UserError
 from data.reader import MultiViewFile
@@ -18,7 +19,7 @@ MODES = ("view", "object")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(StrictConfig):
     """What the trainers read.
 
     path: the multi-view HDF5 file.
@@ -33,6 +34,8 @@ class DataConfig:
     train_split, val_split, test_split: split names (None: every object).
     seed: base seed of shuffling, pixel samples and caption choice.
     """
+
+    CONFIG_NAME: ClassVar[str] = "data config"
 
     path: str
     mode: str = "view"
@@ -79,14 +82,6 @@ class DataConfig:
                 raise UserError(
                     f"data config: {name} must be one of {SPLITS} or null, got {value!r}"
                 )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DataConfig:
-        """Build from a mapping (e.g. parsed YAML); unknown keys are errors."""
-        return config_lib.from_dict(cls, d, "data config")
-
-    def to_dict(self) -> dict:
-        return config_lib.to_dict(self)
 
 
 def _is_int(value) -> bool:

@@ -37,13 +37,13 @@ import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from data import config as config_lib
 from data.atomic import atomic_output
+from data.config import StrictConfig
 from data.errors import UserError
 from infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
 from infer.stage2 import Stage2Config
@@ -151,8 +151,10 @@ class ReferenceConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(StrictConfig):
     """A ``configs/evaluate/*.yaml`` preset: how items are generated, kept and measured."""
+
+    CONFIG_NAME: ClassVar[str] = "evaluate config"
 
     stage2: Stage2Config = field(default_factory=Stage2Config)
     pure_clip: PureClipConfig = field(default_factory=PureClipConfig)
@@ -164,13 +166,6 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise UserError("evaluate config: 'batch' must be >= 1")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> EvaluateConfig:
-        return config_lib.from_dict(cls, d, "evaluate config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 def load_evaluate_config(preset: str, overrides: list | tuple = ()) -> EvaluateConfig:

@@ -36,12 +36,12 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from data import config as config_lib
+from data.config import StrictConfig
 from data.errors import UserError
 from infer.stage2 import Stage2Config
 
@@ -104,18 +104,13 @@ class ExportConfig:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(StrictConfig):
     """A ``configs/generate/*.yaml`` preset: stage 2 and the export of its results."""
+
+    CONFIG_NAME: ClassVar[str] = "generate config"
 
     stage2: Stage2Config = field(default_factory=Stage2Config)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> GenerateConfig:
-        return config_lib.from_dict(cls, d, "generate config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 def load_generate_config(

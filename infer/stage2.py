@@ -25,12 +25,12 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from data import config as config_lib
 from data.cameras import pixel_coords, rays
+from data.config import StrictConfig
 from data.errors import UserError
 from infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
 from infer.view_sampling import CameraConfig, Views, sample_views
@@ -74,7 +74,7 @@ class DiversityConfig:
 
 
 @dataclass
-class Stage2Config:
+class Stage2Config(StrictConfig):
     """The stage-2 loop (YAML section ``stage2``); defaults are the official code's.
 
     Attributes:
@@ -88,6 +88,8 @@ class Stage2Config:
         guidance: losses, prompts, augmentations, ensemble (:class:`GuidanceConfig`).
         diversity: tau_1 / tau_2 (:class:`DiversityConfig`).
     """
+
+    CONFIG_NAME: ClassVar[str] = "stage2 config"
 
     steps: int = 20
     views: int = 10
@@ -111,13 +113,6 @@ class Stage2Config:
             )
         if self.lr <= 0:
             raise UserError(f"stage2 config: 'lr' must be > 0, got {self.lr}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Stage2Config:
-        return config_lib.from_dict(cls, d, "stage2 config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 # -- rendering --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data import config as config_lib
+from data.config import StrictConfig
 from data.errors import UserError
 from infer.generate import ExportConfig
 from infer.guidance import AugmentConfig, GuidanceConfig, Guide
@@ -174,18 +175,13 @@ class StyleConfig:
 
 
 @dataclass
-class StylizeConfig:
+class StylizeConfig(StrictConfig):
     """A ``configs/stylize/*.yaml`` preset: the loop and the export of its result."""
+
+    CONFIG_NAME: ClassVar[str] = "stylize config"
 
     stylize: StyleConfig = field(default_factory=StyleConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> StylizeConfig:
-        return config_lib.from_dict(cls, d, "stylize config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 def load_stylize_config(

@@ -33,14 +33,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from data import config as config_lib
+from data.config import StrictConfig
 from data.datamodule import DataConfig
 from data.errors import UserError
 from data.reader import MultiViewFile
@@ -166,7 +166,7 @@ class ClipValConfig:
 
 
 @dataclass
-class ClipConfig:
+class ClipConfig(StrictConfig):
     """Everything ``iss3d fit clip`` reads (``configs/clip/*.yaml``).
 
     Attributes:
@@ -174,6 +174,8 @@ class ClipConfig:
             or a path to such a JSON file; trained from random weights.
         export_half: store the final ``clip.pt`` in half precision (half the size).
     """
+
+    CONFIG_NAME: ClassVar[str] = "clip config"
 
     data: DataConfig
     model: str = "tiny-64"
@@ -190,14 +192,6 @@ class ClipConfig:
             raise UserError(f"clip config: data.mode must be 'view', got {self.data.mode!r}")
         if self.data.pixels is not None:
             raise UserError("clip config: data.pixels must be null (whole views are used)")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> ClipConfig:
-        """Parse strictly (unknown keys, wrong types, bad values -> UserError)."""
-        return config_lib.from_dict(cls, d, "clip config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 # -- zero-shot evaluation --------------------------------------------------------------------

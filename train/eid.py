@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from data import config as config_lib
+from data.config import StrictConfig
 from data.datamodule import DataConfig
 from data.errors import UserError
 from models.decoder import DecoderConfig
@@ -57,11 +57,13 @@ class EIDLossConfig(SVRLossConfig):
 
 
 @dataclass
-class EIDConfig:
+class EIDConfig(StrictConfig):
     """Everything ``iss3d fit eid`` reads (``configs/eid/*.yaml``).
 
     clip: the CLIP spec (``--clip``); decoder.c_dim must equal its feature size.
     """
+
+    CONFIG_NAME: ClassVar[str] = "eid config"
 
     data: DataConfig
     clip: str | None = None
@@ -80,13 +82,6 @@ class EIDConfig:
             raise UserError("eid config: data.pixels (pixels sampled per view) must be set")
         if self.loss.lambda_occupancy3d > 0 and d.occupancy_points is None:
             raise UserError("eid config: loss.lambda_occupancy3d > 0 needs data.occupancy_points")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> EIDConfig:
-        return config_lib.from_dict(cls, d, "eid config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 class _Frozen:

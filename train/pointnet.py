@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from data import config as config_lib
+from data.config import StrictConfig
 from data.errors import UserError
 from models.pointnet import PointNetCls, normalize_clouds
 from train.runs import RunConfig, TrainerConfig
@@ -71,11 +71,13 @@ class PointNetDataConfig:
 
 
 @dataclass
-class PointNetConfig:
+class PointNetConfig(StrictConfig):
     """Everything ``iss3d fit pointnet`` reads (``configs/pointnet/*.yaml``).
 
     k: classifier outputs (None: the dataset's category count; TreeGAN's ShapeNet one: 16).
     """
+
+    CONFIG_NAME: ClassVar[str] = "pointnet config"
 
     data: PointNetDataConfig = field(default_factory=PointNetDataConfig)
     k: int | None = None
@@ -86,13 +88,6 @@ class PointNetConfig:
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 2:
             raise UserError(f"pointnet config: 'k' must be >= 2 or null, got {self.k}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> PointNetConfig:
-        return config_lib.from_dict(cls, d, "pointnet config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 class SurfaceClouds(Dataset):

@@ -43,12 +43,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from data import config as config_lib
+from data.config import StrictConfig
 from data.datamodule import DataConfig
 from data.errors import UserError
 from models import losses as L
@@ -128,7 +128,7 @@ class Stage1OptimConfig(AdamConfig):
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(StrictConfig):
     """Everything ``iss3d fit stage1`` reads (``configs/stage1/*.yaml``).
 
     Attributes:
@@ -139,6 +139,8 @@ class Stage1Config:
             SVR latent size (checked before a run starts).
         march, loss, optim, val, trainer, run: as the SVR stage (see the dataclasses).
     """
+
+    CONFIG_NAME: ClassVar[str] = "stage1 config"
 
     data: DataConfig
     svr: str | None = None
@@ -166,14 +168,6 @@ class Stage1Config:
             raise UserError(
                 "stage1 config: loss.lambda_occupancy3d > 0 needs data.occupancy_points"
             )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Stage1Config:
-        """Parse strictly (unknown keys, wrong types, bad values -> UserError)."""
-        return config_lib.from_dict(cls, d, "stage1 config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 # -- losses -------------------------------------------------------------------------------------

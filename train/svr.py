@@ -26,13 +26,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from data import config as config_lib
 from data.cameras import rays
+from data.config import StrictConfig
 from data.datamodule import DataConfig
 from data.errors import UserError
 from data.reader import MultiViewFile
@@ -225,8 +225,10 @@ class SVRValConfig:
 
 
 @dataclass
-class SVRConfig:
+class SVRConfig(StrictConfig):
     """Everything ``iss3d fit svr`` reads (``configs/svr/*.yaml``)."""
+
+    CONFIG_NAME: ClassVar[str] = "svr config"
 
     data: DataConfig
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -256,14 +258,6 @@ class SVRConfig:
             raise UserError("svr config: data.pixels (pixels sampled per view) must be set")
         if self.loss.lambda_occupancy3d > 0 and d.occupancy_points is None:
             raise UserError("svr config: loss.lambda_occupancy3d > 0 needs data.occupancy_points")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> SVRConfig:
-        """Parse strictly (unknown keys, wrong types, bad values -> UserError)."""
-        return config_lib.from_dict(cls, d, "svr config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_lib.to_dict(self)
 
 
 # -- losses -------------------------------------------------------------------------------
