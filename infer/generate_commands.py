@@ -61,10 +61,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=generate_command)
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command as typed (for command.txt and the report)."""
-    parts = ["iss3d", "generate", args.prompt]
-    for flag in ("out", "seed", "steps", "views", "res", "samples", "preset", "stage1", "clip"):
+def typed_command(head: list[str], args: argparse.Namespace, flags: tuple[str, ...]) -> str:
+    """``head`` + the given ``--flag value`` options that are set + ``--device``,
+    ``--no-progress`` and the overrides: the command as typed (for command.txt and reports)."""
+    parts = list(head)
+    for flag in flags:
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag}", str(value)]
@@ -72,6 +73,12 @@ def command_line(args: argparse.Namespace) -> str:
     if args.no_progress:
         parts.append("--no-progress")
     return shlex.join(parts + list(args.overrides))
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The generate command as typed."""
+    flags = ("out", "seed", "steps", "views", "res", "samples", "preset", "stage1", "clip")
+    return typed_command(["iss3d", "generate", args.prompt], args, flags)
 
 
 def generate_command(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +67,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command as typed (for command.txt and the report)."""
-    parts = ["iss3d", "stylize", str(args.run_dir), args.style]
-    for flag in ("mode", "out", "seed", "steps", "views", "res", "preset", "stage1", "clip"):
-        value = getattr(args, flag)
-        if value is not None:
-            parts += [f"--{flag}", str(value)]
-    parts += ["--device", args.device]
-    if args.no_progress:
-        parts.append("--no-progress")
-    return shlex.join(parts + list(args.overrides))
+    """The stylize command as typed."""
+    from infer.generate_commands import typed_command
+
+    flags = ("mode", "out", "seed", "steps", "views", "res", "preset", "stage1", "clip")
+    return typed_command(["iss3d", "stylize", str(args.run_dir), args.style], args, flags)
 
 
 def stylize_command(args: argparse.Namespace) -> int:

@@ -34,11 +34,12 @@ from train.svr import (
     AdamConfig,
     SVRLossConfig,
     SVRMarchConfig,
+    check_ray_data,
     occupancy_targets,
     svr_losses,
     weighted_total,
 )
-from train.system import DataSystem
+from train.system import DataSystem, Frozen
 
 __all__ = ["EIDConfig", "EIDLossConfig", "EIDSystem", "fit_eid"]
 
@@ -75,20 +76,7 @@ class EIDConfig(StrictConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(name="eid"))
 
     def __post_init__(self) -> None:
-        d = self.data
-        if d.mode != "object" or d.views_per_object is None or d.views_per_object < 2:
-            raise UserError("eid config: data.mode 'object' with views_per_object >= 2")
-        if d.pixels is None:
-            raise UserError("eid config: data.pixels (pixels sampled per view) must be set")
-        if self.loss.lambda_occupancy3d > 0 and d.occupancy_points is None:
-            raise UserError("eid config: loss.lambda_occupancy3d > 0 needs data.occupancy_points")
-
-
-class _Frozen:
-    """Holds a module outside the LightningModule's tree (not saved, not moved by Lightning)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
+        check_ray_data(self.data, self.loss.lambda_occupancy3d, "eid config")
 
 
 class EIDSystem(DataSystem):
@@ -98,7 +86,7 @@ class EIDSystem(DataSystem):
         super().__init__()
         cfg = config if isinstance(config, EIDConfig) else EIDConfig.from_dict(config)
         self.cfg = cfg
-        self._clip = _Frozen(clip.eval().requires_grad_(False))
+        self._clip = Frozen(clip.eval().requires_grad_(False))
         self.decoder = cfg.decoder.build()
         self.save_hyperparameters(
             {

@@ -61,11 +61,12 @@ from train.svr import (
     SVRLossConfig,
     SVRMarchConfig,
     SVRValConfig,
+    check_ray_data,
     occupancy_targets,
     svr_losses,
     weighted_total,
 )
-from train.system import DataSystem
+from train.system import DataSystem, Frozen
 
 __all__ = [
     "Stage1Config",
@@ -154,20 +155,7 @@ class Stage1Config(StrictConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(name="stage1"))
 
     def __post_init__(self) -> None:
-        d = self.data
-        if d.mode != "object":
-            raise UserError(f"stage1 config: data.mode must be 'object', got {d.mode!r}")
-        if d.views_per_object is None or d.views_per_object < 2:
-            raise UserError(
-                "stage1 config: data.views_per_object must be >= 2 (view 0 is the input, all K "
-                f"views supervise the decoder), got {d.views_per_object!r}"
-            )
-        if d.pixels is None:
-            raise UserError("stage1 config: data.pixels (pixels sampled per view) must be set")
-        if self.loss.lambda_occupancy3d > 0 and d.occupancy_points is None:
-            raise UserError(
-                "stage1 config: loss.lambda_occupancy3d > 0 needs data.occupancy_points"
-            )
+        check_ray_data(self.data, self.loss.lambda_occupancy3d, "stage1 config")
 
 
 # -- losses -------------------------------------------------------------------------------------
@@ -197,13 +185,6 @@ def background_ray_loss(
 
 
 # -- the Lightning system -------------------------------------------------------------------------
-
-
-class _Frozen:
-    """Holds a module outside the LightningModule's tree (not saved, not moved by Lightning)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
 
 
 class Stage1System(DataSystem):
@@ -241,7 +222,7 @@ class Stage1System(DataSystem):
                 raise UserError("no CLIP model: give --clip SPEC (or clip in the config)")
             clip = load_clip(cfg.clip)
         check_dimensions(cfg, svr, clip)
-        self._clip = _Frozen(clip.eval().requires_grad_(False))
+        self._clip = Frozen(clip.eval().requires_grad_(False))
         self.encoder = svr.encoder.eval().requires_grad_(False)
         self.decoder = svr.decoder.train().requires_grad_(True)
         self.mapper = cfg.mapper.build()

@@ -53,6 +53,7 @@ __all__ = [
     "SVROptimConfig",
     "SVRSystem",
     "SVRValConfig",
+    "check_ray_data",
     "fit_svr",
     "occupancy_targets",
     "ray_batch",
@@ -224,6 +225,23 @@ class SVRValConfig:
             raise UserError("val config: n_steps >= 2, render_objects, image_objects >= 0")
 
 
+def check_ray_data(d: DataConfig, lambda_occupancy3d: float, what: str) -> None:
+    """The data section every stage trained with DVR's losses needs: objects with K >= 2 views
+    (view 0 the input, all K supervising), sampled pixels, and occupancy samples when the 3D
+    loss is on. Raises UserError naming ``what``."""
+    if d.mode != "object":
+        raise UserError(f"{what}: data.mode must be 'object', got {d.mode!r}")
+    if d.views_per_object is None or d.views_per_object < 2:
+        raise UserError(
+            f"{what}: data.views_per_object must be >= 2 (view 0 is the input, all K views "
+            f"supervise), got {d.views_per_object!r}"
+        )
+    if d.pixels is None:
+        raise UserError(f"{what}: data.pixels (pixels sampled per view) must be set")
+    if lambda_occupancy3d > 0 and d.occupancy_points is None:
+        raise UserError(f"{what}: loss.lambda_occupancy3d > 0 needs data.occupancy_points")
+
+
 @dataclass
 class SVRConfig(StrictConfig):
     """Everything ``iss3d fit svr`` reads (``configs/svr/*.yaml``)."""
@@ -246,18 +264,7 @@ class SVRConfig(StrictConfig):
                 f"svr config: encoder.c_dim ({self.encoder.c_dim}) must equal decoder.c_dim "
                 f"({self.decoder.c_dim})"
             )
-        d = self.data
-        if d.mode != "object":
-            raise UserError(f"svr config: data.mode must be 'object', got {d.mode!r}")
-        if d.views_per_object is None or d.views_per_object < 2:
-            raise UserError(
-                "svr config: data.views_per_object must be >= 2 (view 0 is the input, all K "
-                f"views supervise), got {d.views_per_object!r}"
-            )
-        if d.pixels is None:
-            raise UserError("svr config: data.pixels (pixels sampled per view) must be set")
-        if self.loss.lambda_occupancy3d > 0 and d.occupancy_points is None:
-            raise UserError("svr config: loss.lambda_occupancy3d > 0 needs data.occupancy_points")
+        check_ray_data(self.data, self.loss.lambda_occupancy3d, "svr config")
 
 
 # -- losses -------------------------------------------------------------------------------

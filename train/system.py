@@ -11,7 +11,15 @@ import torch
 from data.atomic import atomic_output
 from data.reader import MultiViewFile
 
-__all__ = ["DataSystem"]
+__all__ = ["DataSystem", "Frozen"]
+
+
+class Frozen:
+    """Holds a module outside a LightningModule's tree: not saved, not moved by Lightning (a
+    frozen CLIP model the checkpoint names by spec instead)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
 
 
 class DataSystem(pl.LightningModule):
