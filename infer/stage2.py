@@ -40,6 +40,7 @@ from models.renderer import ImplicitField, MarchConfig, Renderer, cube_interval
 __all__ = [
     "DiversityConfig",
     "GuidedLoss",
+    "PhaseClock",
     "RenderedViews",
     "Stage2Config",
     "Stage2Result",
@@ -227,12 +228,16 @@ def guided_loss(
     resolution: int,
     padding: float,
     pixel_convention: str = "center",
+    lap: Callable[[str], None] | None = None,
 ) -> GuidedLoss:
     """Render ``c`` (1, c_dim) through ``field`` from ``views`` (:func:`render_views`), augment
     the renders and compute ``lambda_clip * L_C + lambda_bg * L_bg`` (weights and the
     reduction over views from ``guidance``). Gradients reach whatever requires them: the
-    latent (stage 2) or the field's parameters (stylization)."""
+    latent (stage 2) or the field's parameters (stylization). ``lap`` (a :class:`PhaseClock`'s)
+    is called with "render" after the render and "clip" after the loss."""
     r = render_views(renderer, field, c, views, resolution, padding, pixel_convention)
+    if lap is not None:
+        lap("render")
     images = augment(r.rgb, r.foreground)
     loss_clip, _, embeddings = guide.loss(images, views.azimuth, views.elevation)
     loss_bg = reduce_views(r.bg_loss, guidance.aggregation)
@@ -242,7 +247,43 @@ def guided_loss(
         if guidance.augment.active or emb is None:
             emb = guide.clips[0].encode_image(r.rgb.detach())
         score = float((emb @ guide.prompt_feature.to(emb.device).reshape(-1)).mean())
+    if lap is not None:
+        lap("clip")
     return GuidedLoss(total, loss_clip, loss_bg, score, r)
+
+
+class PhaseClock:
+    """Wall seconds of the named phases of one step, for benchmarks.
+
+    :meth:`lap` ends the phase named, which began at the previous lap (or :meth:`start`); on
+    CUDA it waits for the queued work first, so that a phase's time is its own (this
+    synchronisation slows a loop down a little: only timed runs use a clock).
+
+    Args:
+        device: where the step runs.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def start(self) -> None:
+        """Forget the previous step's phases; the next lap's phase begins now."""
+        self.seconds = {}
+        self._sync()
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """End phase ``name`` now (its seconds add up if it is lapped twice in a step)."""
+        self._sync()
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -255,7 +296,9 @@ class Stage2Result:
     mapper: the fine-tuned copy of M (eval mode, frozen).
     mapper_input: (1, D) the feature fed to M (f_T, perturbed by tau_1 when diversity is on).
     latent_before: (1, c_dim) M_stage1(f); latent_after: (1, c_dim) M_tuned(f). Detached.
-    history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "seconds"}``.
+    history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "seconds",
+        "evaluations_per_pixel"}`` (decoder points per rendered pixel) and the phase seconds
+        when timed.
     perturbed: whether the input and target were perturbed.
     seconds: wall time of the loop.
     """
@@ -279,6 +322,7 @@ def run_stage2(
     perturb: bool = False,
     renderer: Renderer | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    phases: bool = False,
 ) -> Stage2Result:
     """Fine-tune a copy of ``mapper`` for ``guide``'s prompt; ``mapper`` is not modified.
 
@@ -293,6 +337,9 @@ def run_stage2(
         perturb: apply the diversity perturbation (tau_1 on the input, tau_2 on the target).
         renderer: the renderer (default: the reference :class:`Renderer` with ``cfg.march``).
         callback: called with each step's record (progress bars).
+        phases: time each step's phases (a :class:`PhaseClock`, which synchronises CUDA): the
+            records get ``render_s`` (mapper and render), ``clip_s`` (augmentations, CLIP
+            and the losses), ``backward_s`` and ``optimizer_s``.
     """
     device = next(mapper.parameters()).device
     renderer = renderer or Renderer(cfg.march)
@@ -309,9 +356,12 @@ def run_stage2(
     augment = make_augmenter(cfg.guidance.augment, generator, device)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     history: list[dict[str, Any]] = []
+    clock = PhaseClock(device) if phases else None
     start = time.perf_counter()
     for step in range(cfg.steps):
         t0 = time.perf_counter()
+        if clock is not None:
+            clock.start()
         views = sample_views(cfg.cameras, cfg.views, generator)
         c = tuned(f_in)
         out = guided_loss(
@@ -325,10 +375,15 @@ def run_stage2(
             cfg.resolution,
             cfg.march.padding,
             cfg.pixel_convention,
+            lap=clock.lap if clock is not None else None,
         )
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
+        if clock is not None:
+            clock.lap("backward")
         optimizer.step()
+        if clock is not None:
+            clock.lap("optimizer")
         record = {
             "step": step,
             "clip_score": out.score,
@@ -336,7 +391,10 @@ def run_stage2(
             "loss_clip": float(out.loss_clip.detach()),
             "loss_bg": float(out.loss_bg.detach()),
             "seconds": time.perf_counter() - t0,
+            "evaluations_per_pixel": out.rendered.evaluations / out.rendered.rgb[:, 0].numel(),
         }
+        if clock is not None:
+            record.update({f"{name}_s": value for name, value in clock.seconds.items()})
         history.append(record)
         if callback is not None:
             callback(record)

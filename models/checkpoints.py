@@ -501,7 +501,13 @@ def _iss_mapper_config(
 
 def _iss_decoder_config(state: Mapping[str, Any], path) -> DecoderConfig:
     """Decoder c_dim / hidden / n_blocks from DVR-named shapes."""
-    hidden = _tensor_shape(state, "fc_p.weight", path, "decoder.fc_p.weight")[0]
+    fc_p = _tensor_shape(state, "fc_p.weight", path, "decoder.fc_p.weight")
+    if len(fc_p) != 2 or fc_p[1] != 3:
+        raise UserError(
+            f"{path}: decoder.fc_p.weight has shape {fc_p}, expected (hidden, 3) (DVR's "
+            "decoder takes plain xyz points)"
+        )
+    hidden = fc_p[0]
     n_blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     c_dim = 0
     if "fc_c.0.weight" in state:

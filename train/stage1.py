@@ -55,6 +55,7 @@ from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
 from models.metrics import occupancy_iou
 from models.renderer import MarchConfig, RayHits, Renderer
+from train.mapper_prefit import MapperPrefitConfig, feature_pairs, prefit_mapper
 from train.runs import RunConfig, TrainerConfig
 from train.svr import (
     AdamConfig,
@@ -138,6 +139,8 @@ class Stage1Config(StrictConfig):
         clip: the CLIP spec for :func:`models.clip.load_clip` (``--clip``).
         mapper: M's widths; ``in_dim`` must equal the CLIP embedding size and ``out_dim`` the
             SVR latent size (checked before a run starts).
+        prefit: fit M on cached (f_I, E_S(I)) pairs of every training view before the joint
+            loop (:mod:`train.mapper_prefit`; off by default).
         march, loss, optim, val, trainer, run: as the SVR stage (see the dataclasses).
     """
 
@@ -147,6 +150,7 @@ class Stage1Config(StrictConfig):
     svr: str | None = None
     clip: str | None = None
     mapper: MapperConfig = field(default_factory=MapperConfig)
+    prefit: MapperPrefitConfig = field(default_factory=MapperPrefitConfig)
     march: SVRMarchConfig = field(default_factory=SVRMarchConfig)
     loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
     optim: Stage1OptimConfig = field(default_factory=Stage1OptimConfig)
@@ -256,6 +260,28 @@ class Stage1System(DataSystem):
     def on_fit_start(self) -> None:
         if self.hparams.get("image_size") is None:
             self.hparams["image_size"] = [self.file.height, self.file.width]
+
+    def on_train_start(self) -> None:
+        # here, unlike in on_fit_start, a resumed run's step is already restored
+        if self.cfg.prefit.epochs > 0 and self.global_step == 0:
+            self.prefit_mapper()
+
+    def prefit_mapper(self) -> None:
+        """Fit M on the cached (f_I, E_S(I)) pairs of every training view (config ``prefit``);
+        logs ``prefit/loss`` and ``prefit/cos``."""
+        pre = self.cfg.prefit
+        f, c = feature_pairs(
+            self.targets, self.file, self.cfg.data.train_split, pre.encode_batch, self.device
+        )
+        stats = prefit_mapper(
+            self.mapper, f, c, pre, self.cfg.loss.mapper_loss, self.mapper_input, self.cfg.run.seed
+        )
+        for logger in self.loggers:
+            logger.log_metrics({f"prefit/{k}": v for k, v in stats.items()}, step=0)
+        print(
+            f"mapper pre-fit: {pre.epochs} epochs on {f.shape[0]} views, loss {stats['loss']:.4g}, "
+            f"cos {stats['cos']:.3f}"
+        )
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

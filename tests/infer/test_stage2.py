@@ -163,6 +163,24 @@ def test_stage2_raises_the_clip_score(stage1, clip, prompt):
     torch.testing.assert_close(result.latent_before, stage1.mapper(result.mapper_input))
 
 
+def test_stage2_phase_timing_changes_nothing_but_the_records(stage1, clip):
+    cfg = Stage2Config.from_dict({**SMALL, "steps": 2})
+
+    def run(phases: bool):
+        guide = make_guide(clip, "a red chair", cfg)
+        generator = torch.Generator().manual_seed(0)
+        return run_stage2(stage1.mapper, stage1.decoder, guide, cfg, generator, phases=phases)
+
+    plain, timed = run(False), run(True)
+    torch.testing.assert_close(plain.latent_after, timed.latent_after, rtol=0, atol=0)
+    phases = ("render_s", "clip_s", "backward_s", "optimizer_s")
+    assert not any(k in plain.history[0] for k in phases)
+    for record in timed.history:
+        assert all(record[k] > 0 for k in phases), record
+        assert sum(record[k] for k in phases) <= record["seconds"]
+        assert 0 < record["evaluations_per_pixel"] < cfg.march.n_steps + cfg.march.n_secant + 2
+
+
 def test_stage2_is_reproducible_per_seed(stage1, clip):
     cfg = Stage2Config.from_dict({**SMALL, "steps": 2})
 

@@ -208,6 +208,32 @@ def test_split_branches_starts_identical():
     assert branched.color_branch.fc_out.weight.shape == (3, 24)
 
 
+def test_fourier_point_encoding():
+    dec = randomise(Decoder(c_dim=8, hidden=24, n_blocks=2, n_frequencies=3)).eval()
+    assert dec.fc_p.weight.shape == (24, 3 + 6 * 3)
+    assert "frequencies" not in dec.state_dict()  # a constant, not a checkpoint entry
+    p = torch.rand(2, 5, 3) * 2 - 1
+    enc = dec.encode_points(p)
+    assert enc.shape == (2, 5, 21)
+    torch.testing.assert_close(enc[..., :3], p)
+    # sin(2^k pi p_i) sits at column 3 + F i + k, the cosines 3F columns further
+    torch.testing.assert_close(enc[..., 3 + 1], torch.sin(2 * torch.pi * p[..., 0]))
+    torch.testing.assert_close(enc[..., 3 + 9 + 3 * 2 + 2], torch.cos(4 * torch.pi * p[..., 2]))
+    assert Decoder(c_dim=8, hidden=24, n_blocks=2).encode_points(p) is p
+    assert dec.occupancy(p, torch.randn(2, 8)).shape == (2, 5)
+    with pytest.raises(ValueError, match="n_frequencies=-1"):
+        Decoder(c_dim=8, hidden=24, n_blocks=2, n_frequencies=-1)
+
+
+def test_split_branches_keep_the_fourier_encoding():
+    dec = randomise(Decoder(c_dim=8, hidden=24, n_blocks=2, n_frequencies=2)).eval()
+    branched = split_branches(dec)
+    assert branched.n_frequencies == 2
+    p, c = torch.rand(2, 30, 3), torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(branched(p, c), dec(p, c))
+
+
 def test_split_branches_are_disjoint_and_colour_tuning_keeps_shape():
     dec = randomise(Decoder(c_dim=8, hidden=24, n_blocks=2))
     before = {k: v.clone() for k, v in dec.state_dict().items()}
@@ -260,6 +286,9 @@ def test_decoder_config_strict():
         DecoderConfig.from_dict({"hidden": 0})
     with pytest.raises(UserError, match="decoder config must be a mapping"):
         DecoderConfig.from_dict([1, 2])
+    assert DecoderConfig.from_dict({"n_frequencies": 4}).build().n_frequencies == 4
+    with pytest.raises(UserError, match="'n_frequencies' must be in \\[0, 16\\], got 17"):
+        DecoderConfig.from_dict({"n_frequencies": 17})
 
 
 def test_encoder_config_strict():

@@ -86,11 +86,13 @@ def error_line(capsys) -> str:
 # -- smoke run, resume, checkpoint ---------------------------------------------------------------
 
 
-def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path):
+def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
     noisy_l1 = ["loss.noise_alpha=0.25", "loss.mapper_loss=l1", "loss.lambda_mapper=2000"]
     steps = ["trainer.max_steps=3", "trainer.val_check_interval=2"]
-    assert fit(tiny_world, svr_ckpt, out, *steps, *noisy_l1) == 0
+    prefit = ["prefit.epochs=2", "prefit.batch_size=8"]
+    assert fit(tiny_world, svr_ckpt, out, *steps, *noisy_l1, *prefit) == 0
+    assert "mapper pre-fit: 2 epochs on " in capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["svr"] == str(svr_ckpt) and saved["clip"] == CLIP
     assert Stage1Config.from_dict(saved).to_dict() == saved
@@ -99,6 +101,8 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path):
     rows = metrics_rows(out)
     train = [r for r in rows if r.get("train/loss")]
     assert len(train) == 3
+    (pre,) = [r for r in rows if r.get("prefit/cos")]
+    assert np.isfinite(float(pre["prefit/loss"])) and -1 <= float(pre["prefit/cos"]) <= 1
     for name in ("loss_mapper", "loss_bg", "loss_freespace", "loss_occupancy", "cos"):
         assert all(np.isfinite(float(r[f"train/{name}"])) for r in train), name
     val = [r for r in rows if r.get("val/iou_mapper")]
@@ -118,7 +122,8 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path):
 
     # Resume: continues from step 3 in the same folder.
     steps = ["trainer.max_steps=4", "trainer.val_check_interval=2"]
-    assert fit(tiny_world, svr_ckpt, out, *steps, *noisy_l1, "--resume") == 0
+    assert fit(tiny_world, svr_ckpt, out, *steps, *noisy_l1, *prefit, "--resume") == 0
+    assert "mapper pre-fit" not in capsys.readouterr().out  # only before the first joint step
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4
     resumed = [int(r["step"]) for r in metrics_rows(out, version=1) if r.get("train/loss")]
     assert resumed == [3]
