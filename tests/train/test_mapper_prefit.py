@@ -37,7 +37,7 @@ def test_feature_pairs_cover_every_view(tiny_world):
     f, c = feature_pairs(targets, file, "train", 5, torch.device("cpu"))
     assert f.shape == (len(file.views_in("train")), 3) and c.shape == (f.shape[0], 2)
     assert max(seen) == 5 and sum(seen) == f.shape[0]
-    with pytest.raises(UserError, match="split .nope. is not one of"):
+    with pytest.raises(UserError, match="split 'nope' is not one of"):
         feature_pairs(targets, file, "nope", 5, torch.device("cpu"))
 
 
