@@ -13,6 +13,7 @@ from infer import (
     evaluate_commands,
     gallery,
     generate_commands,
+    stage1_commands,
     stylize_commands,
     svr_commands,
 )
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.register(commands)
     svr_commands.register(commands)
     clip_commands.register(commands)
+    stage1_commands.register(commands)
     generate_commands.register(commands)
     stylize_commands.register(commands)
     checkpoint_commands.register(commands)

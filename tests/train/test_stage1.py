@@ -4,6 +4,7 @@ the background loss, and loading a stage-1 checkpoint."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,18 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
     resumed = [int(r["step"]) for r in metrics_rows(out, version=1) if r.get("train/loss")]
     assert resumed == [3]
 
+    # `iss3d eval stage1`: the validation figures over a whole split, as JSON.
+    report = tmp_path / "eval.json"
+    argv = ["eval", "stage1", str(ckpt), "--data", str(tiny_world), "--split", "val"]
+    assert main([*argv, "--render-objects", "1", "--n-steps", "8", "--out", str(report)]) == 0
+    result = json.loads(report.read_text())
+    means = result["means"]
+    assert result["split"] == "val" and result["objects"] > 0 and result["clip"] == CLIP
+    for name in ("iou_svr", "iou_mapper", "iou_text", "bg_whiteness"):
+        assert 0 <= means[name] <= 1, name
+    assert -1 <= means["cos"] <= 1
+    assert means["iou_ratio"] == pytest.approx(means["iou_mapper"] / means["iou_svr"], rel=1e-5)
+
     # The stage-1 checkpoint alone (+ CLIP) gives the mapper and the fine-tuned decoder.
     svr = load_svr(svr_ckpt)
     moved = tmp_path / "elsewhere.ckpt"
@@ -169,6 +182,15 @@ def test_bad_inputs_are_one_line_errors_and_no_folder(tiny_world, svr_ckpt, tmp_
     assert main([*argv, str(out), "--clip", CLIP, *TINY]) == 2
     assert "--svr" in error_line(capsys)
     assert not out.exists()
+
+
+def test_eval_stage1_bad_inputs(tiny_world, svr_ckpt, tmp_path, capsys):
+    argv = ["eval", "stage1", str(tmp_path / "missing.ckpt"), "--data", str(tiny_world)]
+    assert main(argv) != 0
+    assert error_line(capsys).endswith("missing.ckpt: no such file")
+    argv = ["eval", "stage1", str(svr_ckpt), "--data", str(tiny_world)]
+    assert main(argv) != 0
+    assert "not an iss3d stage-1 checkpoint" in error_line(capsys)
 
 
 def test_dataset_without_captions_skips_text_iou(tiny_world, svr_ckpt, tmp_path, capsys):

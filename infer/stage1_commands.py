@@ -1,0 +1,63 @@
+"""``iss3d eval stage1``: the mapper's fit and the text shapes of a stage-1 checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from infer.clip_commands import _subcommands
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``stage1`` to ``iss3d eval`` (registered after infer/svr_commands.py made the group)."""
+    sub = _subcommands(commands, "eval")
+    p = sub.add_parser(
+        "stage1",
+        help="mapper fit (cos, IoU ratio), text IoU and background whiteness on a split",
+        description=(
+            "Stage-1 validation over a whole split: cosine(M(f_I), E_S(I)), IoU of the shapes "
+            "from E_S(I), M(f_I) and M(f_T) of each object's first caption, and the whiteness "
+            "of rendered backgrounds."
+        ),
+    )
+    p.add_argument("checkpoint", type=Path, help="a .ckpt written by `iss3d fit stage1`")
+    p.add_argument(
+        "--data", required=True, type=Path, help="multi-view HDF5 with occupancy ground truth"
+    )
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--clip", default=None, help="CLIP spec (default: the checkpoint's)")
+    p.add_argument("--n-steps", type=int, default=64, help="march steps of the renders")
+    p.add_argument("--render-objects", type=int, default=8, help="objects rendered in full")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.set_defaults(run=_eval_stage1)
+
+
+def _eval_stage1(args) -> int:
+    from data.atomic import atomic_output
+    from data.errors import UserError
+    from infer.stage1_eval import evaluate_stage1
+    from infer.svr_commands import pick_device
+
+    if args.n_steps < 2 or args.render_objects < 0:
+        raise UserError("--n-steps must be at least 2 and --render-objects at least 0")
+    if not args.checkpoint.is_file():
+        raise UserError(f"{args.checkpoint}: no such file")
+    result = evaluate_stage1(
+        args.checkpoint,
+        args.data,
+        args.split,
+        args.clip,
+        args.n_steps,
+        args.render_objects,
+        pick_device(args.device),
+    )
+    print(f"{'split':>15}: {result['split']} ({result['objects']} objects)")
+    for key, value in result["means"].items():
+        print(f"{key:>15}: {value:.4f}")
+    if args.out:
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
