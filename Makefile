@@ -12,7 +12,7 @@ PRETRAINED := models/pretrained
 ISS3D := $(OFFLINE) $(VENV)/bin/iss3d
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo models lint format bench lock clean
+.PHONY: help setup test demo models report lint format bench lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,6 +78,37 @@ $(PRETRAINED)/clip.pt: $(MODELS_WORK)/clip/clip.pt
 $(PRETRAINED)/clip-judge.pt: $(MODELS_WORK)/clip-judge/clip.pt
 	mkdir -p $(PRETRAINED)
 	cp $< $@
+
+# -- the evaluation report: the ablations' models, then every method over the test prompts --
+
+EVAL_OUT ?= runs/eval-report
+EVAL_WORKERS ?= 2
+
+$(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt
+	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
+		--svr $(MODELS_WORK)/svr/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
+		--out $(MODELS_WORK)/stage1-nobg loss.lambda_bg=0
+
+$(MODELS_WORK)/eid/checkpoints/last.ckpt: $(MODELS_WORK)/clip/clip.pt
+	$(ISS3D) fit eid --config eid/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
+		--clip $< --out $(MODELS_WORK)/eid
+
+# 120 steps reach validation accuracy 1.0 on the world's 11 categories.
+$(MODELS_WORK)/pointnet/pointnet.pt: $(MODELS_WORK)/world.h5
+	$(ISS3D) fit pointnet --config pointnet/tiny --data $< --out $(MODELS_WORK)/pointnet \
+		--no-progress trainer.max_steps=120 'optim.milestones=[80]' \
+		trainer.val_check_interval=120 trainer.checkpoint_every=120
+
+report: models $(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt $(MODELS_WORK)/eid/checkpoints/last.ckpt $(MODELS_WORK)/pointnet/pointnet.pt ## Train the ablations' models, evaluate every method, copy the report to docs/evaluation/
+	$(ISS3D) evaluate --texts configs/texts/synth_test.txt --ref-data $(MODELS_WORK)/world.h5 \
+		--out $(EVAL_OUT) --methods all --workers $(EVAL_WORKERS) --no-progress \
+		--stage1 $(MODELS_WORK)/stage1/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
+		--stage1-nobg $(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt \
+		--ei-d $(MODELS_WORK)/eid/checkpoints/last.ckpt \
+		--judge $(MODELS_WORK)/clip-judge/clip.pt --pointnet $(MODELS_WORK)/pointnet/pointnet.pt
+	mkdir -p docs/evaluation
+	sed 's#(plots/#(#' $(EVAL_OUT)/report.md > docs/evaluation/report.md
+	cp $(EVAL_OUT)/results.csv $(EVAL_OUT)/plots/*.png docs/evaluation/
 
 lint: setup ## Check style with ruff
 	$(VENV)/bin/ruff check .
