@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -65,3 +66,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def write_json_report(path: str | os.PathLike, result: dict) -> None:
+    """Write ``result`` as indented JSON to ``path`` atomically and say so on stdout (the
+    ``--out`` of the ``iss3d eval`` commands)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")

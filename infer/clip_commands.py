@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -43,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_clip(args) -> int:
-    from data.atomic import atomic_output
+    from data.atomic import write_json_report
     from data.errors import UserError
     from data.reader import MultiViewFile
     from infer.svr_commands import pick_device
@@ -74,7 +73,5 @@ def _eval_clip(args) -> int:
     if not clip.trained:
         print("note: random weights (an untrained config), expect chance level")
     if args.out:
-        with atomic_output(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json_report(args.out, result)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from infer.clip_commands import _subcommands
@@ -35,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_stage1(args) -> int:
-    from data.atomic import atomic_output
+    from data.atomic import write_json_report
     from data.errors import UserError
     from infer.stage1_eval import evaluate_stage1
     from infer.svr_commands import pick_device
@@ -57,7 +56,5 @@ def _eval_stage1(args) -> int:
     for key, value in result["means"].items():
         print(f"{key:>15}: {value:.4f}")
     if args.out:
-        with atomic_output(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json_report(args.out, result)
     return 0

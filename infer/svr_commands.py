@@ -63,7 +63,7 @@ def pick_device(name: str):
 
 
 def _eval_svr(args) -> int:
-    from data.atomic import atomic_output
+    from data.atomic import write_json_report
     from data.errors import UserError
     from data.reader import MultiViewFile
     from infer.svr import evaluate_svr, load_svr
@@ -86,9 +86,7 @@ def _eval_svr(args) -> int:
     for category, value in result["iou_per_category"].items():
         print(f"{'iou ' + category:>18}: {value:.4f}")
     if args.out:
-        with atomic_output(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json_report(args.out, result)
     return 0
 
 
