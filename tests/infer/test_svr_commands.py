@@ -32,7 +32,7 @@ def octahedron(trained, tmp_path_factory):
         for p in dec.parameters():
             p.zero_()
         axes = torch.cat([torch.eye(3), -torch.eye(3)])
-        dec.fc_p.weight[:6] = axes
+        dec.fc_p.weight[:6, :3] = axes  # the raw xyz inputs (Fourier features get 0)
         dec.fc_out.weight[0, :6] = -1.0
         dec.fc_out.bias[:] = torch.tensor([0.3, 4.0, -4.0, -4.0])
     ckpt["state_dict"] = system.state_dict()
