@@ -139,7 +139,10 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
     for name in ("iou_svr", "iou_mapper", "iou_text", "bg_whiteness"):
         assert 0 <= means[name] <= 1, name
     assert -1 <= means["cos"] <= 1
-    assert means["iou_ratio"] == pytest.approx(means["iou_mapper"] / means["iou_svr"], rel=1e-5)
+    if means["iou_svr"] > 0:  # a 3-step model may decode nothing: the ratio is then NaN
+        assert means["iou_ratio"] == pytest.approx(means["iou_mapper"] / means["iou_svr"], 1e-5)
+    else:
+        assert np.isnan(means["iou_ratio"])
 
     # The stage-1 checkpoint alone (+ CLIP) gives the mapper and the fine-tuned decoder.
     svr = load_svr(svr_ckpt)
