@@ -353,6 +353,19 @@ def test_worker_command_is_a_valid_shard_command(tmp_path):
     assert args.workers == 1
 
 
+def test_worker_environment_shares_the_cpu_or_spreads_the_gpus():
+    base = {"PATH": "/bin"}
+    assert ev.worker_environment(1, 2, 0, base, 16)["OMP_NUM_THREADS"] == "8"
+    assert ev.worker_environment(0, 4, 0, base, 2)["OMP_NUM_THREADS"] == "1"
+    assert (
+        ev.worker_environment(0, 2, 0, {**base, "OMP_NUM_THREADS": "3"}, 16)["OMP_NUM_THREADS"]
+        == "3"
+    )  # the user's setting wins
+    gpu = ev.worker_environment(3, 4, 2, base, 16)
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "1" and "OMP_NUM_THREADS" not in gpu
+    assert base == {"PATH": "/bin"}  # not modified
+
+
 def test_voxel_field_is_a_differentiable_sphere_the_stage2_loop_can_move():
     from infer.guidance import GuidanceConfig, Guide, PromptSchedule
     from infer.stage2 import Stage2Config, run_stage2
