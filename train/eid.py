@@ -116,12 +116,7 @@ class EIDSystem(DataSystem):
         if lc.lambda_bg > 0:
             losses["loss_bg"], stats["bg_rays"] = background_ray_loss(self.decoder, c, hits)
         total = weighted_total(losses, lc)
-        b = c.shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=b)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=b)
-        for name, value in stats.items():
-            self.log(f"train/{name}", value, batch_size=b)
+        self.log_training(losses, stats, total, c.shape[0], march_cfg.n_steps)
         return total
 
     def configure_optimizers(self):

@@ -317,12 +317,7 @@ class Stage1System(DataSystem):
         losses, stats = self.stage1_losses(batch, march_cfg)
         total = weighted_total(losses, self.cfg.loss)
         b = batch["image"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=b)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=b)
-        self.log("train/n_steps", float(march_cfg.n_steps), batch_size=b)
-        for name, value in stats.items():
-            self.log(f"train/{name}", value, batch_size=b)
+        self.log_training(losses, stats, total, b, march_cfg.n_steps)
         return total
 
     def configure_optimizers(self):

@@ -429,12 +429,7 @@ class SVRSystem(DataSystem):
         losses, stats, _ = svr_losses(self.decoder, c, batch, self.cfg.loss, march_cfg)
         total = weighted_total(losses, self.cfg.loss)
         b = c.shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=b)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=b)
-        self.log("train/n_steps", float(march_cfg.n_steps), batch_size=b)
-        for name, value in stats.items():
-            self.log(f"train/{name}", value, batch_size=b)
+        self.log_training(losses, stats, total, b, march_cfg.n_steps)
         return total
 
     def configure_optimizers(self):

@@ -42,6 +42,23 @@ class DataSystem(pl.LightningModule):
             self._file = MultiViewFile(self.cfg.data.path)
         return self._file
 
+    def log_training(
+        self,
+        losses: dict[str, torch.Tensor],
+        stats: dict[str, torch.Tensor],
+        total: torch.Tensor,
+        batch_size: int,
+        n_steps: int,
+    ) -> None:
+        """Log a ray-trained step: ``train/<loss name>``, ``train/loss`` (the weighted total,
+        on the progress bar), ``train/n_steps`` (march samples per ray) and ``train/<stat>``."""
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        self.log("train/n_steps", float(n_steps), batch_size=batch_size)
+        for name, value in stats.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+
     def save_grid(self, rows: list[list[torch.Tensor]]) -> None:
         """Write an image grid, one row per item, to ``image_dir`` and to image-aware loggers.
 
