@@ -75,18 +75,12 @@ def typed_command(head: list[str], args: argparse.Namespace, flags: tuple[str, .
     return shlex.join(parts + list(args.overrides))
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The generate command as typed."""
-    flags = ("out", "seed", "steps", "views", "res", "samples", "preset", "stage1", "clip")
-    return typed_command(["iss3d", "generate", args.prompt], args, flags)
-
-
-def generate_command(args: argparse.Namespace) -> int:
-    """Check the cheap things (numbers, prompt, config) first, then run
-    :func:`infer.generate.generate`."""
+def check_loop_flags(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
+    """The numbers of a generate / stylize command line: each of ``positive`` that is set is
+    > 0, ``--res`` >= 8, ``--seed`` >= 0, ``--device`` known. Raises UserError."""
     from data.errors import UserError
 
-    for name in ("steps", "views", "res", "samples"):
+    for name in positive:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
@@ -97,6 +91,29 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be cpu, cuda or auto, got {args.device!r}")
 
+
+def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str | tuple[str, Any]]:
+    """The ``key=value`` overrides, then ``(config key, value)`` for each flag of ``keys``
+    ({flag: config key}) that is set: flags win over overrides."""
+    overrides: list[str | tuple[str, Any]] = list(args.overrides)
+    for flag, key in keys.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append((key, value))
+    return overrides
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The generate command as typed."""
+    flags = ("out", "seed", "steps", "views", "res", "samples", "preset", "stage1", "clip")
+    return typed_command(["iss3d", "generate", args.prompt], args, flags)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """Check the cheap things (numbers, prompt, config) first, then run
+    :func:`infer.generate.generate`."""
+    check_loop_flags(args, ("steps", "views", "res", "samples"))
+
     from infer.generate import (
         check_generation_prompt,
         default_out,
@@ -105,15 +122,8 @@ def generate_command(args: argparse.Namespace) -> int:
     )
 
     prompt = check_generation_prompt(args.prompt)
-    overrides: list[str | tuple[str, Any]] = list(args.overrides)
-    for key, value in (
-        ("stage2.steps", args.steps),
-        ("stage2.views", args.views),
-        ("stage2.resolution", args.res),
-    ):
-        if value is not None:
-            overrides.append((key, value))
-    cfg = load_generate_config(args.preset, overrides)
+    keys = {"steps": "stage2.steps", "views": "stage2.views", "res": "stage2.resolution"}
+    cfg = load_generate_config(args.preset, flag_overrides(args, keys))
     out = args.out if args.out is not None else default_out(prompt, args.seed)
     return generate(
         prompt,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -78,33 +77,22 @@ def stylize_command(args: argparse.Namespace) -> int:
     """Check the cheap things (numbers, mode, style, config, run folder) first, then run
     :func:`infer.stylize.stylize`."""
     from data.errors import UserError
+    from infer.generate_commands import check_loop_flags, flag_overrides
 
-    for name in ("steps", "views", "res"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name} must be positive, got {value}")
-    if args.res is not None and args.res < 8:
-        raise UserError(f"--res must be at least 8 pixels, got {args.res}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
-    if args.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {args.device!r}")
+    check_loop_flags(args, ("steps", "views", "res"))
 
     from infer.stylize import MODES, check_style, load_stylize_config, stylize
 
     if args.mode is not None and args.mode not in MODES:
         raise UserError(f"--mode must be texture or shape+texture, got {args.mode!r}")
     check_style(args.style)
-    overrides: list[str | tuple[str, Any]] = list(args.overrides)
-    for key, value in (
-        ("stylize.steps", args.steps),
-        ("stylize.views", args.views),
-        ("stylize.resolution", args.res),
-        ("stylize.mode", args.mode),
-    ):
-        if value is not None:
-            overrides.append((key, value))
-    cfg = load_stylize_config(args.preset, overrides)
+    keys = {
+        "steps": "stylize.steps",
+        "views": "stylize.views",
+        "res": "stylize.resolution",
+        "mode": "stylize.mode",
+    }
+    cfg = load_stylize_config(args.preset, flag_overrides(args, keys))
     return stylize(
         args.run_dir,
         args.style,
