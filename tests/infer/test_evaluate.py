@@ -18,6 +18,7 @@ from infer.methods import METHODS, LatentParameter, VoxelField
 from models.clip import build_open_clip, clip_config, export_checkpoint
 from models.decoder import DecoderConfig
 from models.pointnet import PointNetCls, export_pointnet
+from tests.fixtures.cli import error_line
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 # prompts whose (category, colour) the tiny world has: IoU and colour accuracy get ground truth
@@ -90,13 +91,6 @@ def argv(models, world, out, *extra, texts=None, judge=True, methods=None) -> li
     if methods:
         a += ["--methods", methods]
     return [*a, *extra, *FAST]
-
-
-def error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
-    assert len(err) == 1, err
-    assert err[0].startswith("iss3d: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")

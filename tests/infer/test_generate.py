@@ -18,6 +18,7 @@ import infer.generate as generate_module
 from infer.cli import main
 from infer.generate import GenerateConfig, load_generate_config
 from models.clip import build_open_clip, clip_config, export_checkpoint
+from tests.fixtures.cli import error_line
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 CLIP = "clip/tiny-64"
@@ -55,13 +56,6 @@ def run(stage1: Path, out: Path | None, *extra: str, prompt: str = "a red chair"
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
-
-
-def error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
-    assert len(err) == 1, err
-    assert err[0].startswith("iss3d: error: "), err
-    return err[0]
 
 
 def without_timings(value):

@@ -30,6 +30,7 @@ from infer.stylize import (
 from models.clip import load_clip
 from models.decoder import BranchedDecoder, split_branches
 from models.mesh import MeshConfig, extract_mesh
+from tests.fixtures.cli import error_line
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 CLIP = "clip/tiny-64"
@@ -103,13 +104,6 @@ def stylize_cli(run_dir: Path, out: Path | None, *extra: str, style: str = "wood
 
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
-    assert len(err) == 1, err
-    assert err[0].startswith("iss3d: error: "), err
-    return err[0]
 
 
 # -- the loop -----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ metrics, `iss3d eval clip`."""
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -18,6 +17,7 @@ from data.reader import MultiViewFile
 from data.writer import MultiViewWriter
 from infer.cli import main
 from models.clip import load_clip
+from tests.fixtures.cli import error_line, metrics_rows
 from train import runs
 from train.clip import ClipConfig, ClipOptimConfig, zero_shot_classes, zero_shot_metrics
 
@@ -34,18 +34,6 @@ TINY = [
 def fit(data: Path, out: Path, *extra: str) -> int:
     argv = ["fit", "clip", "--config", "clip/tiny", "--data", str(data), "--out", str(out)]
     return main([*argv, "--no-progress", *TINY, *extra])
-
-
-def metrics_rows(run: Path, version: int = 0) -> list[dict]:
-    with open(run / "csv" / f"version_{version}" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("iss3d: error: ")
-    return err[0]
 
 
 def test_shipped_config_parses():

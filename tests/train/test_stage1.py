@@ -3,7 +3,6 @@ the background loss, and loading a stage-1 checkpoint."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from infer.svr import load_svr
 from models.clip import load_clip
 from models.decoder import Decoder
 from models.renderer import MarchConfig, Renderer, trace_surface
+from tests.fixtures.cli import error_line, metrics_rows
 from train import runs
 from train.stage1 import Stage1Config, Stage1System, background_ray_loss
 from train.svr import ray_batch
@@ -70,18 +70,6 @@ def fit(tiny_world, svr, out, *extra, clip=CLIP) -> int:
     argv = ["fit", "stage1", "--config", "stage1/tiny", "--data", str(tiny_world)]
     argv += ["--svr", str(svr), "--clip", clip, "--out", str(out), "--no-progress"]
     return main([*argv, *TINY, *extra])
-
-
-def metrics_rows(run: Path, version: int = 0) -> list[dict]:
-    with open(run / "csv" / f"version_{version}" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("iss3d: error: ")
-    return err[0]
 
 
 # -- smoke run, resume, checkpoint ---------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from data.datamodule import MultiViewDataModule
 from data.errors import UserError
 from infer.cli import main
 from models.metrics import depth_l1, iou, mask_iou, occupancy_iou
+from tests.fixtures.cli import error_line, metrics_rows
 from train import runs
 from train.svr import SVRConfig, SVRMarchConfig, SVRSystem, svr_losses, weighted_total
 
@@ -40,18 +40,6 @@ TINY = [
 def fit(tiny_world: Path, out: Path, *extra: str, config: str = "svr/tiny") -> int:
     argv = ["fit", "svr", "--config", config, "--data", str(tiny_world), "--out", str(out)]
     return main([*argv, "--no-progress", *TINY, *extra])
-
-
-def metrics_rows(run: Path, version: int = 0) -> list[dict]:
-    with open(run / "csv" / f"version_{version}" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("iss3d: error: ")
-    return err[0]
 
 
 # -- smoke train + resume --------------------------------------------------------------------
