@@ -33,7 +33,7 @@ import numpy as np
 from data.atomic import atomic_output
 from infer import eval_metrics as em
 
-__all__ = ["METRICS", "bar_chart", "compute_results", "gallery", "write_report"]
+__all__ = ["METRICS", "bar_chart", "compute_results", "gallery", "ordering_lines", "write_report"]
 
 #: (key, column title, True when higher is better)
 METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -311,6 +311,41 @@ def _fmt(key: str, value: Any) -> str:
     return f"{value:.3f}"
 
 
+#: The metrics the paper's ablation claims rest on, compared full vs. each other method.
+ORDERING_METRICS = ("iou", "r_at_1", "fid", "fpd")
+
+
+def ordering_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """A markdown table: for every evaluated method other than ``full``, whether ISS (full)
+    beats it on each of :data:`ORDERING_METRICS` (the paper's claim), with both values.
+    Empty when ``full`` was not evaluated or nothing else was."""
+    full = rows.get("full")
+    others = [k for k, v in rows.items() if k != "full" and v["status"] == "ok"]
+    if full is None or full["status"] != "ok" or not others:
+        return []
+    meta = {key: (title, higher) for key, title, higher in METRICS}
+    head = ["Compared with", *[meta[k][0] for k in ORDERING_METRICS]]
+    lines = [
+        "## Does ISS (full) beat each ablation, as in the paper?",
+        "",
+        "yes / **no**: full's value is better / not better; full vs. the method.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name in others:
+        cells = [f"{rows[name]['title']} (`{name}`)"]
+        for key in ORDERING_METRICS:
+            a, b = full.get(key), rows[name].get(key)
+            if a is None or b is None:
+                cells.append("n/a")
+                continue
+            better = a > b if meta[key][1] else a < b
+            cells.append(f"{'yes' if better else '**no**'}: {_fmt(key, a)} vs. {_fmt(key, b)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _markdown(results: dict[str, Any]) -> str:
     rows = results["methods"]
     head = ["Method", *[f"{t} {'↑' if hi else '↓'}" for _, t, hi in METRICS]]
@@ -329,6 +364,7 @@ def _markdown(results: dict[str, Any]) -> str:
             continue
         cells = [f"{row['title']} (`{name}`)"] + [_fmt(k, row.get(k)) for k, _, _ in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *ordering_lines(rows)]
     skipped = {k: v for k, v in rows.items() if v["status"] != "ok"}
     if skipped:
         lines += ["", "Skipped methods:", ""]

@@ -136,6 +136,8 @@ def test_report_files(full_run):
     assert "| ISS (full) (`full`) |" in report and "| pure CLIP guidance (`pure-clip`) |" in report
     assert "- `ei-d` (E_I + D): needs --ei-d" in report
     assert "not comparable with the paper's Inception FID" in report
+    assert "## Does ISS (full) beat each ablation, as in the paper?" in report
+    assert "| w/o stage 2 (`no-stage2`) | " in report.split("as in the paper?")[1]
     rows = (full_run / "results.csv").read_text().splitlines()
     assert rows[0].startswith("method,title,status,fid,fpd,r_at_1")
     assert len(rows) == 1 + len(METHODS)
@@ -146,6 +148,24 @@ def test_report_files(full_run):
         assert (plots / f"{name}.png").is_file(), name
     gallery = Image.open(plots / "gallery.png")
     assert gallery.height >= 3 * 96 and gallery.width >= 5 * 96
+
+
+def test_ordering_table_marks_where_full_is_not_better():
+    from infer.evaluate_report import ordering_lines
+
+    def row(title, **values):
+        return {"title": title, "status": "ok", **values}
+
+    rows = {
+        "full": row("ISS", iou=0.6, r_at_1=0.3, fid=1.0, fpd=None),
+        "no-stage2": row("w/o stage 2", iou=0.7, r_at_1=0.1, fid=2.0, fpd=3.0),
+        "ei-d": {"title": "E_I + D", "status": "skipped"},
+    }
+    table = "\n".join(ordering_lines(rows))
+    assert "| w/o stage 2 (`no-stage2`) | **no**: 0.600 vs. 0.700 | yes: 0.300 vs. 0.100 |" in table
+    assert "| yes: 1 vs. 2 | n/a |" in table and "ei-d" not in table
+    assert ordering_lines({"full": rows["full"]}) == []
+    assert ordering_lines({"no-stage2": rows["no-stage2"]}) == []
 
 
 def test_items_hold_renders_points_and_lattice(full_run):
