@@ -60,14 +60,16 @@ def _evaluate(field: ImplicitField, c, points: torch.Tensor, chunk: int) -> torc
     return occupancy_in_chunks(field, c, points[None], chunk)[0]
 
 
-def _surface_cells(values: torch.Tensor, threshold: float) -> torch.Tensor:
+def _surface_cells(values: torch.Tensor, threshold: float, grow: bool) -> torch.Tensor:
     """(n+1)^3 point values -> (n)^3 bool: cells whose corners lie on both sides of threshold,
-    grown by one cell so that surfaces between samples are not missed."""
+    grown by one cell when ``grow`` so that surfaces between samples are not missed."""
     v = values[None, None]
     high = F.max_pool3d(v, kernel_size=2, stride=1)
     low = -F.max_pool3d(-v, kernel_size=2, stride=1)
     crossing = ((high >= threshold) & (low < threshold)).float()
-    return F.max_pool3d(crossing, kernel_size=3, stride=1, padding=1)[0, 0] > 0
+    if grow:
+        crossing = F.max_pool3d(crossing, kernel_size=3, stride=1, padding=1)
+    return crossing[0, 0] > 0
 
 
 @torch.no_grad()
@@ -77,7 +79,8 @@ def occupancy_grid(
     """Logits on the final (R+1)^3 grid, R = cfg.resolution, evaluated coarse to fine.
 
     The first grid is evaluated everywhere; at each refinement the grid is upsampled
-    trilinearly and the decoder is evaluated again only at points of cells near the surface.
+    trilinearly and the decoder is evaluated again only at the corners of cells with a
+    crossing (after the first grid: and their neighbours).
     Returns the grid (R+1, R+1, R+1) indexed [x, y, z] and the number of points evaluated.
     """
     device = _device(field, c)
@@ -86,8 +89,10 @@ def occupancy_grid(
     points = _grid_points(n, half, device)
     values = _evaluate(field, c, points.reshape(-1, 3), cfg.chunk).reshape(n + 1, n + 1, n + 1)
     evaluations = points.numel() // 3
-    for _ in range(cfg.upsampling_steps):
-        active = _surface_cells(values, cfg.threshold)
+    for step in range(cfg.upsampling_steps):
+        # Only the first, coarse grid can miss a surface between its samples (a thin part);
+        # the finer grids refine where a crossing was found, as MISE does.
+        active = _surface_cells(values, cfg.threshold, grow=step == 0)
         n *= 2
         values = F.interpolate(
             values[None, None], size=(n + 1,) * 3, mode="trilinear", align_corners=True
