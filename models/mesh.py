@@ -89,6 +89,7 @@ def occupancy_grid(
     points = _grid_points(n, half, device)
     values = _evaluate(field, c, points.reshape(-1, 3), cfg.chunk).reshape(n + 1, n + 1, n + 1)
     evaluations = points.numel() // 3
+    exact = torch.ones_like(values, dtype=torch.bool)  # values the decoder gave (not upsampled)
     for step in range(cfg.upsampling_steps):
         # Only the first, coarse grid can miss a surface between its samples (a thin part);
         # the finer grids refine where a crossing was found, as MISE does.
@@ -102,7 +103,10 @@ def occupancy_grid(
             F.max_pool3d(fine_cells[None, None].float(), kernel_size=2, stride=1, padding=1)[0, 0]
             > 0
         )
-        index = torch.nonzero(fine_points)
+        known = torch.zeros_like(fine_points)
+        known[::2, ::2, ::2] = exact  # the coarse grid's points keep their decoded values
+        index = torch.nonzero(fine_points & ~known)
+        exact = known | fine_points
         if len(index):
             coords = -half + index.to(values.dtype) * (2 * half / n)
             values[index[:, 0], index[:, 1], index[:, 2]] = _evaluate(field, c, coords, cfg.chunk)
