@@ -88,6 +88,10 @@ class Stage2Config(StrictConfig):
         cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
         guidance: losses, prompts, augmentations, ensemble (:class:`GuidanceConfig`).
         diversity: tau_1 / tau_2 (:class:`DiversityConfig`).
+        keep: which mapper the loop returns: "last" (after the final step, the official
+            code's) or "best" (an addition of ours: the one whose renders had the highest
+            guidance CLIP score among the steps with a non-empty render; with a learning rate
+            that suits most prompts, some thin shapes otherwise vanish in the last steps).
     """
 
     CONFIG_NAME: ClassVar[str] = "stage2 config"
@@ -102,6 +106,7 @@ class Stage2Config(StrictConfig):
     cameras: CameraConfig = field(default_factory=CameraConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    keep: Literal["last", "best"] = "last"
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -301,6 +306,8 @@ class Stage2Result:
         when timed.
     perturbed: whether the input and target were perturbed.
     seconds: wall time of the loop.
+    kept_step: the step whose mapper was kept (``keep: best``): its renders' score is the
+        best; None: the mapper after the last step (``keep: last``, or every render empty).
     """
 
     mapper: Mapper
@@ -310,6 +317,7 @@ class Stage2Result:
     history: list[dict[str, Any]]
     perturbed: bool
     seconds: float
+    kept_step: int | None = None
 
 
 def run_stage2(
@@ -357,6 +365,7 @@ def run_stage2(
     optimizer = torch.optim.Adam(tuned.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     history: list[dict[str, Any]] = []
     clock = PhaseClock(device) if phases else None
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     start = time.perf_counter()
     for step in range(cfg.steps):
         t0 = time.perf_counter()
@@ -377,6 +386,10 @@ def run_stage2(
             cfg.pixel_convention,
             lap=clock.lap if clock is not None else None,
         )
+        better = best is None or out.score > best[0]
+        if cfg.keep == "best" and better and bool(out.rendered.foreground.any()):
+            # the mapper that made these renders, before this step's update
+            best = (out.score, step, {k: v.clone() for k, v in tuned.state_dict().items()})
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         if clock is not None:
@@ -398,6 +411,8 @@ def run_stage2(
         history.append(record)
         if callback is not None:
             callback(record)
+    if best is not None:
+        tuned.load_state_dict(best[2])
     tuned.eval().requires_grad_(False)
     with torch.no_grad():
         latent_after = tuned(f_in).detach()
@@ -409,4 +424,5 @@ def run_stage2(
         history=history,
         perturbed=perturb,
         seconds=time.perf_counter() - start,
+        kept_step=None if best is None else best[1],
     )

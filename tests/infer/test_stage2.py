@@ -181,6 +181,29 @@ def test_stage2_phase_timing_changes_nothing_but_the_records(stage1, clip):
         assert 0 < record["evaluations_per_pixel"] < cfg.march.n_steps + cfg.march.n_secant + 2
 
 
+def test_keep_best_returns_the_mapper_of_the_best_scored_step(stage1, clip):
+    def run(steps: int, keep: str):
+        cfg = Stage2Config.from_dict({**SMALL, "steps": steps, "keep": keep})
+        guide = make_guide(clip, "a red chair", cfg)
+        generator = torch.Generator().manual_seed(0)
+        return run_stage2(stage1.mapper, stage1.decoder, guide, cfg, generator)
+
+    last = run(4, "last")
+    assert last.kept_step is None
+    best = run(4, "best")
+    scores = [h["clip_score"] for h in best.history]
+    assert scores == [h["clip_score"] for h in last.history]  # the same trajectory
+    assert best.kept_step == max(range(4), key=scores.__getitem__)
+    # the mapper before step k's update is the mapper after k steps
+    if best.kept_step == 0:
+        expected = best.latent_before
+    else:
+        expected = run(best.kept_step, "last").latent_after
+    torch.testing.assert_close(best.latent_after, expected)
+    with pytest.raises(UserError, match="keep"):
+        Stage2Config.from_dict({**SMALL, "keep": "first"})
+
+
 def test_stage2_is_reproducible_per_seed(stage1, clip):
     cfg = Stage2Config.from_dict({**SMALL, "steps": 2})
 
