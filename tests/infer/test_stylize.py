@@ -37,6 +37,7 @@ CLIP = "clip/tiny-64"
 
 GENERATE_FAST = [
     "stage2.steps=2",
+    "stage2.keep=last",  # the tuned latent, which the tests tell from the stage-1 one
     "stage2.views=2",
     "stage2.resolution=16",
     "stage2.march.n_steps=12",
