@@ -4,9 +4,12 @@ Each view is rendered by the reference (dense) march and by the grid march in th
 grid march is reported as a speed ratio and by its agreement with the reference (hit-mask
 agreement, largest depth difference on common hits, image PSNR).
 
-The decoder is DVR's architecture at the tiny (h=128, 3 blocks) and paper (h=512, 5 blocks)
-sizes with random weights; a sphere term is added to its occupancy so that rays really meet a
-surface (the decoder's cost is what is measured, the sphere only makes the geometry realistic).
+Decoders: the shipped stage-1 decoder (``models/pretrained/stage1.ckpt``) at the latents the
+shipped mapper gives a few prompts (what stage 2 renders first), and DVR's architecture at the
+tiny (h=128, 3 blocks) and paper (h=512, 5 blocks) sizes with random weights, a sphere term added
+to its occupancy so that rays really meet a surface (the decoder's cost is what is measured; the
+sphere's steep logits, 20 per unit length, make it a harder case for the grid than a trained
+decoder).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ NAME = "render"
 METHODS = ("dense", "grid")
 #: Views rendered per latent in one batch (a tiny-preset stage-2 step renders 4).
 VIEWS = 4
+#: The grid march's lattice side.
+GRID = 48
+#: Prompts whose M(f_T) latents the shipped decoder renders (stage 2's first step).
+PROMPTS = ("a red cone", "a blue chair", "a green torus")
 
 
 def _agreement(ref: dict, fast: dict, key: str) -> dict[str, float]:
@@ -94,6 +101,62 @@ def render_targets(figures: dict[str, float], cpu: bool) -> dict:
     return targets
 
 
+def march_figures(
+    field: torch.nn.Module, c: torch.Tensor, key: str, res: int, repeats: int
+) -> dict[str, float]:
+    """Dense and grid march of :data:`VIEWS` orbit views per latent at ``res`` px.
+
+    Args:
+        field: the decoder. c: (B, c_dim) latents, each rendered from the same views.
+        key: figure name prefix (the decoder's name).
+
+    Returns:
+        seconds per view and evaluations per ray of each method, the grid march's agreement
+        with the dense one, its speed-up, and the fraction of rays that hit.
+    """
+    origins, dirs = _view_rays(VIEWS, res, c.device)
+    origins, dirs = origins.expand(len(c), -1, -1), dirs.expand(len(c), -1, -1)
+    figures: dict[str, float] = {}
+    outs = {}
+    for method in METHODS:
+        renderer = Renderer(MarchConfig(n_steps=128, n_secant=8, method=method, grid=GRID))
+        out = outs.setdefault(method, {})
+
+        def render(renderer=renderer, out=out):
+            with torch.no_grad():
+                r = renderer.render_rays(field, c, origins, dirs, background=1.0)
+            out.update(
+                rgb=r.rgb,
+                mask=r.hits.hit.float(),
+                depth=r.hits.depth,
+                evaluations=r.hits.evaluations,
+            )
+
+        seconds = _time(render, repeats)
+        figures[f"{key}_{method}_{res}px_s_per_view"] = seconds / (VIEWS * len(c))
+        figures[f"{key}_{method}_{res}px_evals_per_ray"] = float(out["evaluations"]) / (
+            origins.shape[0] * origins.shape[1]
+        )
+    figures.update(_agreement(outs["dense"], outs["grid"], f"{key}_{res}px"))
+    figures[f"{key}_{res}px_speedup"] = (
+        figures[f"{key}_dense_{res}px_s_per_view"] / figures[f"{key}_grid_{res}px_s_per_view"]
+    )
+    figures[f"{key}_hit_fraction_{res}px"] = float(outs["dense"]["mask"].mean())
+    return figures
+
+
+def shipped_latents(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The shipped stage-1 decoder and M(f_T) of :data:`PROMPTS`: stage 2's first render.
+
+    Returns (decoder, (len(PROMPTS), c_dim) latents)."""
+    from infer.generate import resolve_models
+
+    model, _, clip, _ = resolve_models(None, None, device)
+    with torch.no_grad():
+        latents = model.mapper(clip.encode_text(list(PROMPTS)).to(device))
+    return model.decoder.eval(), latents
+
+
 def main(quick: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = {
@@ -106,38 +169,16 @@ def main(quick: bool = False) -> dict:
     repeats = 1 if quick or cpu else 3
     figures: dict[str, float] = {}
     torch.manual_seed(0)
+    decoder, latents = shipped_latents(device)
+    for res in resolutions:
+        figures.update(march_figures(decoder, latents, "shipped", res, repeats))
     for size, kw in sizes.items():
         field = SphereDecoder(Decoder(**kw)).to(device).eval()
         c = torch.randn(1, kw["c_dim"], device=device)
         for res in resolutions:
             if cpu and size == "paper" and res > 64:
                 continue  # minutes per view on 2 cores; evaluations per ray do not depend on res
-            origins, dirs = _view_rays(VIEWS, res, device)
-            outs = {}
-            for method in METHODS:
-                renderer = Renderer(MarchConfig(n_steps=128, n_secant=8, method=method, grid=48))
-                out = outs.setdefault(method, {})
-
-                def render(field=field, c=c, renderer=renderer, o=origins, d=dirs, out=out):
-                    with torch.no_grad():
-                        r = renderer.render_rays(field, c, o, d, background=1.0)
-                    out.update(
-                        rgb=r.rgb,
-                        mask=r.hits.hit.float(),
-                        depth=r.hits.depth,
-                        evaluations=r.hits.evaluations,
-                    )
-
-                seconds = _time(render, repeats)
-                key = f"{size}_{method}_{res}px"
-                figures[f"{key}_s_per_view"] = seconds / VIEWS
-                figures[f"{key}_evals_per_ray"] = float(out["evaluations"]) / origins.shape[1]
-            figures.update(_agreement(outs["dense"], outs["grid"], f"{size}_{res}px"))
-            figures[f"{size}_{res}px_speedup"] = (
-                figures[f"{size}_dense_{res}px_s_per_view"]
-                / figures[f"{size}_grid_{res}px_s_per_view"]
-            )
-            figures[f"{size}_hit_fraction_{res}px"] = float(outs["dense"]["mask"].mean())
+            figures.update(march_figures(field, c, size, res, repeats))
         for r0, steps in mesh_resolutions:
             cfg = MeshConfig(resolution0=r0, upsampling_steps=steps)
             result = {}
@@ -153,7 +194,8 @@ def main(quick: bool = False) -> dict:
     config = {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "march": {"n_steps": 128, "n_secant": 8, "methods": list(METHODS), "grid": 48},
+        "march": {"n_steps": 128, "n_secant": 8, "methods": list(METHODS), "grid": GRID},
+        "shipped_prompts": list(PROMPTS),
         "decoders": sizes,
         "resolutions": list(resolutions),
         "views_per_latent": VIEWS,
@@ -162,7 +204,8 @@ def main(quick: bool = False) -> dict:
     }
     notes = [
         "dense: the reference, 128 samples + 8 secant steps per ray, plus the colour query;"
-        " grid: models/grid_march.py (48^3 lattice, same samples and secant steps);"
+        " grid: models/grid_march.py (48^3 lattice built coarse to fine from 24^3, margin 1,"
+        " same samples and secant steps);"
         " evals_per_ray counts decoder point evaluations divided by pixels (lattice included)",
         "mesh: coarse-to-fine occupancy grid from 32^3 (MISE-like), marching cubes, vertex"
         " colours; mesh_dense_evals is what a dense grid would cost",

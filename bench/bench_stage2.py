@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import open_clip
 import torch
 
-from bench.bench_render import SphereDecoder
+from bench.bench_render import PROMPTS, SphereDecoder
 from bench.common import target, write_result
 from infer.generate import load_generate_config, resolve_models
 from infer.guidance import Guide, PromptSchedule
@@ -44,7 +44,6 @@ from train.stage1 import Stage1Config
 from train.svr import SVRConfig
 
 NAME = "stage2"
-PROMPTS = ("a red cone", "a blue chair", "a green torus")
 METHODS = ("dense", "grid")
 PHASES = ("render", "clip", "backward", "optimizer")
 #: The issue's target: "Stage 2, tiny preset, 2 CPU cores: <= 20 s per prompt".

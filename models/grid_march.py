@@ -6,7 +6,8 @@ of every ray. Most of them lie in empty space. This marcher
 1. evaluates the decoder once per latent on a ``grid``^3 lattice over the padded cube (shared by
    every ray of that latent: all the views of a stage-2 step when they are passed as one batch
    element), and flags the cells that may hold surface: a corner logit above ``-margin``,
-   dilated by one cell;
+   dilated by one cell; the lattice itself is built coarse to fine (``grid_levels``): a lattice
+   of half the side first, then only the points in its flagged cells;
 2. walks the reference's samples without the decoder, keeping those whose cell (or whose next
    sample's cell) is flagged;
 3. evaluates the decoder at the kept samples in order, ``window`` at a time per ray, and stops a
@@ -29,23 +30,44 @@ __all__ = ["candidate_cells", "grid_march", "lattice_logits"]
 
 
 def lattice_logits(
-    field: ImplicitField, c: torch.Tensor | None, side: int, half: float, chunk: int
-) -> torch.Tensor:
-    """Occupancy logits on a ``side``^3 lattice of [-half, half]^3.
+    field: ImplicitField,
+    c: torch.Tensor | None,
+    side: int,
+    half: float,
+    chunk: int,
+    margin: float = 0.0,
+    levels: int = 1,
+) -> tuple[torch.Tensor, int]:
+    """Occupancy logits on a ``side``^3 lattice of [-half, half]^3, coarse to fine.
+
+    With ``levels`` > 1 the lattice of side ``(side + 1) // 2`` is computed first (itself in
+    ``levels - 1`` levels), and only the points inside its :func:`candidate_cells` at twice the
+    ``margin`` are evaluated; the others are set to -inf (no cell containing them can be a
+    candidate at any margin). ``levels`` = 1 evaluates every point.
 
     Returns:
-        (B, side, side, side) logits, index [b, i, j, k] at (x_i, y_j, z_k), x_i =
-        -half + 2 half i / (side - 1). B = c's batch size (1 when c is None).
+        ((B, side, side, side) logits, index [b, i, j, k] at (x_i, y_j, z_k), x_i =
+        -half + 2 half i / (side - 1); decoder evaluations spent). B = c's batch size (1 when
+        c is None).
     """
     b = 1 if c is None else c.shape[0]
     axis = torch.linspace(-half, half, side, device=_device(field, c), dtype=_dtype(field, c))
     lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
     points = lattice.reshape(1, -1, 3).expand(b, -1, -1)
-    step = max(1, chunk // max(b, 1))
-    logits = torch.cat(
-        [field.occupancy(points[:, i : i + step], c) for i in range(0, side**3, step)], dim=1
-    )
-    return logits.reshape(b, side, side, side)
+    coarse_side = (side + 1) // 2
+    if levels <= 1 or coarse_side < 3:
+        step = max(1, chunk // max(b, 1))
+        logits = torch.cat(
+            [field.occupancy(points[:, i : i + step], c) for i in range(0, side**3, step)], dim=1
+        )
+        return logits.reshape(b, side, side, side), logits.numel()
+    # Logits change twice as much across a cell twice as wide: the coarse lattice's margin doubles.
+    coarse, spent = lattice_logits(field, c, coarse_side, half, chunk, 2 * margin, levels - 1)
+    selected = _cell_flags(candidate_cells(coarse, 2 * margin), points, half)
+    bi, ni, values = _evaluate_selected(field, c, points, selected, chunk)
+    logits = torch.full((b, side**3), -torch.inf, device=points.device, dtype=points.dtype)
+    logits[bi, ni] = values
+    return logits.reshape(b, side, side, side), spent + len(values)
 
 
 def candidate_cells(logits: torch.Tensor, margin: float) -> torch.Tensor:
@@ -140,9 +162,10 @@ def grid_march(
     half = 0.5 + cfg.padding / 2
     t_near, t_far = cube_interval(origins, dirs, half)
     valid = t_far > t_near
-    lattice = lattice_logits(field, c, cfg.grid, half, cfg.chunk)
+    lattice, evaluations = lattice_logits(
+        field, c, cfg.grid, half, cfg.chunk, cfg.margin, cfg.grid_levels
+    )
     cells = candidate_cells(lattice, cfg.margin)
-    evaluations = lattice.numel()
 
     steps = torch.linspace(0.0, 1.0, s, device=origins.device, dtype=origins.dtype)
     t = t_near.unsqueeze(-1) + (t_far - t_near).clamp(min=0).unsqueeze(-1) * steps  # (B, R, S)

@@ -43,6 +43,8 @@ class MarchConfig:
         occupancy grid cannot rule out; pays off when many rays share a latent).
     grid: lattice side of the grid method. margin: a grid cell is searched when a corner logit
     exceeds -margin. window: samples evaluated per ray and round by the grid method.
+    grid_levels: the lattice is evaluated coarse to fine in this many levels, each of half the
+        side of the next (1: every lattice point).
     """
 
     n_steps: int = 128
@@ -52,8 +54,9 @@ class MarchConfig:
     min_grad: float = 1e-3
     method: str = "dense"
     grid: int = 48
-    margin: float = 2.0
+    margin: float = 1.0
     window: int = 4
+    grid_levels: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in MARCH_METHODS:
@@ -64,8 +67,10 @@ class MarchConfig:
             raise UserError(
                 "march config: n_steps >= 2, n_secant >= 0, chunk >= 1 and padding >= 0 are needed"
             )
-        if self.grid < 2 or self.window < 1 or self.margin < 0:
-            raise UserError("march config: grid >= 2, window >= 1 and margin >= 0 are needed")
+        if self.grid < 2 or self.window < 1 or self.margin < 0 or self.grid_levels < 1:
+            raise UserError(
+                "march config: grid >= 2, window >= 1, margin >= 0 and grid_levels >= 1 are needed"
+            )
 
 
 @dataclass

@@ -130,7 +130,8 @@ def test_candidate_cells_cover_inside_and_dilate():
 
 def test_lattice_matches_direct_evaluation():
     field = RodsField()
-    grid = lattice_logits(field, None, 5, 0.55, chunk=7)
+    grid, evaluations = lattice_logits(field, None, 5, 0.55, chunk=7)
+    assert evaluations == 5**3
     axis = torch.linspace(-0.55, 0.55, 5)
     p = torch.stack([axis[1], axis[4], axis[2]])[None, None]
     torch.testing.assert_close(grid[0, 1, 4, 2], field.occupancy(p, None)[0, 0])
@@ -139,3 +140,31 @@ def test_lattice_matches_direct_evaluation():
 def test_config_rejects_unknown_method():
     with pytest.raises(UserError, match="method"):
         MarchConfig(method="sphere-tracing")
+
+
+@pytest.mark.parametrize(("side", "levels"), [(48, 2), (48, 3), (33, 2)])
+def test_coarse_to_fine_lattice_flags_the_same_cells_with_fewer_evaluations(side, levels):
+    field = RodsField()  # legs thinner than a cell of the coarsest lattice
+    full, n_full = lattice_logits(field, None, side, 0.55, chunk=4096)
+    fast, n_fast = lattice_logits(field, None, side, 0.55, chunk=4096, margin=2.0, levels=levels)
+    assert torch.equal(candidate_cells(full, 2.0), candidate_cells(fast, 2.0))
+    evaluated = torch.isfinite(fast)
+    torch.testing.assert_close(fast[evaluated], full[evaluated])
+    # The coarse levels' evaluations are counted too.
+    assert int(evaluated.sum()) < n_fast < 0.6 * n_full
+
+
+def test_shipped_decoder_same_answer_at_the_default_settings():
+    """The trained decoder that stage 2 renders, at the latent of "a blue chair" (thin legs)."""
+    from bench.bench_render import PROMPTS, shipped_latents
+
+    decoder, latents = shipped_latents(torch.device("cpu"))
+    latents = latents[PROMPTS.index("a blue chair")].unsqueeze(0)
+    origins, dirs = view_rays(4, 32, distance=1.8)
+    origins, dirs = origins.expand(len(latents), -1, -1), dirs.expand(len(latents), -1, -1)
+    ref, fast, agree, depth_err, inside_agree = compare(
+        decoder, latents, origins, dirs, MarchConfig(n_steps=128, n_secant=8)
+    )
+    assert ref.hit.float().mean() > 0.05
+    assert agree >= 0.995 and depth_err < 1e-3 and inside_agree
+    assert fast.evaluations < ref.evaluations / 5
