@@ -44,7 +44,7 @@ models: setup ## Retrain the shipped tiny models from scratch on CPU (world, SVR
 
 $(MODELS_WORK)/world.h5:
 	mkdir -p $(MODELS_WORK)
-	$(ISS3D) data synth --out $@ --objects 2000 --views 24 --res 64 --seed 0
+	$(ISS3D) data synth --out $@ --objects 500 --views 24 --res 64 --seed 0
 
 $(MODELS_WORK)/svr/checkpoints/last.ckpt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit svr --config svr/tiny --data $< --out $(MODELS_WORK)/svr --no-progress
