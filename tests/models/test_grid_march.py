@@ -160,8 +160,7 @@ def test_shipped_decoder_same_answer_at_the_default_settings():
 
     decoder, latents = shipped_latents(torch.device("cpu"))
     latents = latents[PROMPTS.index("a blue chair")].unsqueeze(0)
-    origins, dirs = view_rays(4, 48, distance=1.8)
-    origins, dirs = origins.expand(len(latents), -1, -1), dirs.expand(len(latents), -1, -1)
+    origins, dirs = view_rays(4, 48, distance=1.8)  # (1, R, 3): one latent
     ref, fast, agree, depth_err, inside_agree = compare(
         decoder, latents, origins, dirs, MarchConfig(n_steps=128, n_secant=8)
     )
