@@ -38,7 +38,7 @@ import time
 import unicodedata
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -688,13 +688,7 @@ def _stylize(
         timings["mesh_write_s"] = time.perf_counter() - t0 - timings["mesh_s"]
 
         t0 = time.perf_counter()
-        march = MarchConfig(
-            n_steps=ex.march_steps or st.march.n_steps,
-            n_secant=st.march.n_secant,
-            padding=st.march.padding,
-            chunk=st.march.chunk,
-            min_grad=st.march.min_grad,
-        )
+        march = replace(st.march, n_steps=ex.march_steps or st.march.n_steps)
         view_renderer = Renderer(march)
         distance = ex.distance if ex.distance is not None else st.cameras.mean_distance
         frames = render_turntable(

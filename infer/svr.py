@@ -110,7 +110,7 @@ def evaluate_svr(
         objects = objects[:max_objects]
     if len(objects) == 0:
         raise UserError(f"{file.path}: no objects in split {split!r}")
-    renderer = Renderer(MarchConfig(n_steps=n_steps))
+    renderer = Renderer(MarchConfig(n_steps=n_steps, method="grid"))
     rows = []
     for obj in objects:
         views = file.views_of(int(obj))

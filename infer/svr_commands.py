@@ -130,7 +130,11 @@ def _export(args) -> int:
         MeshConfig(resolution0=32, upsampling_steps=int(np.log2(args.mesh_resolution // 32))),
     )
     frames = render_turntable(
-        model.decoder, c, Renderer(MarchConfig(n_steps=128)), args.turntable_views, args.resolution
+        model.decoder,
+        c,
+        Renderer(MarchConfig(n_steps=128, method="grid")),
+        args.turntable_views,
+        args.resolution,
     )
     with atomic_directory(args.out) as folder:
         for suffix in ("ply", "obj", "glb"):
