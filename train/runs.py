@@ -85,6 +85,11 @@ class TrainerConfig:
         accelerator: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"gpu"``, ...
         devices: Lightning ``devices`` (an int or ``"auto"``).
         gradient_clip_val: clip gradients to this norm (None: no clipping).
+        ema_decay: keep an exponential moving average of the weights with this decay per step
+            (Lightning's ``EMAWeightAveraging``; None: none). Validation runs on the averaged
+            weights, and checkpoints store them as ``state_dict`` (what every loader reads), the
+            raw weights under ``current_model_state`` for resuming (a checkpoint written when
+            training ends holds the average in both: Lightning copies it into the model).
     """
 
     max_steps: int = 1000
@@ -96,6 +101,7 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: int | str = "auto"
     gradient_clip_val: float | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "checkpoint_every", "log_every"):
@@ -115,6 +121,10 @@ class TrainerConfig:
             raise UserError(
                 f"trainer config: 'gradient_clip_val' must be > 0 or null, "
                 f"got {self.gradient_clip_val}"
+            )
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise UserError(
+                f"trainer config: 'ema_decay' must be in (0, 1) or null, got {self.ema_decay}"
             )
 
 
@@ -502,6 +512,10 @@ def make_trainer(
     )
     t = trainer_cfg
     val_every = t.val_check_interval
+    if t.ema_decay is not None:
+        from pytorch_lightning.callbacks import EMAWeightAveraging
+
+        callbacks = [*callbacks, EMAWeightAveraging(decay=t.ema_decay)]
     return pl.Trainer(
         default_root_dir=str(run_dir.path),
         max_steps=t.max_steps,

@@ -90,6 +90,31 @@ def test_fit_writes_run_folder_and_resumes(tiny_world, tmp_path):
     assert system.cfg.decoder.hidden == 32
 
 
+def test_weight_average_is_what_the_checkpoint_holds(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    extra = [
+        "trainer.val_check_interval=2",
+        "trainer.checkpoint_every=2",
+        "trainer.ema_decay=0.5",
+        "optim.lr=0.01",
+    ]
+    assert fit(tiny_world, out, "trainer.max_steps=4", *extra) == 0
+    ckpt = out / "checkpoints" / "last.ckpt"
+    first = torch.load(ckpt, map_location="cpu", weights_only=True)
+    averaged, raw = first["state_dict"], first["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw)
+    # what the loaders read is the average
+    system = SVRSystem.load_from_checkpoint(ckpt, map_location="cpu")
+    key = "decoder.fc_out.weight"
+    assert torch.equal(system.state_dict()[key], averaged[key])
+    # resuming continues the raw weights and the average
+    assert fit(tiny_world, out, "trainer.max_steps=6", *extra, "--resume") == 0
+    second = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert second["global_step"] == 6
+    assert not torch.equal(second["state_dict"][key], averaged[key])
+
+
 def test_resume_with_other_config_is_refused(tiny_world, tmp_path, capsys):
     out = tmp_path / "run"
     assert fit(tiny_world, out, "trainer.max_steps=1", "trainer.val_check_interval=0") == 0
@@ -201,6 +226,7 @@ def test_optional_3d_occupancy_loss(tiny_world):
         (["optim.lr.x=1"], ["optim.lr.x"]),
         (["encoder.c_dim=32"], ["c_dim", "32", "16"]),
         (["optim.lr=fast"], ["lr", "fast"]),
+        (["trainer.ema_decay=1.5"], ["ema_decay", "1.5"]),
         (["data.views_per_object=1"], ["views_per_object"]),
         (["data.views_per_object=7"], ["views_per_object", "6"]),
         (["march.n_steps=[[5, 16]]"], ["n_steps"]),
