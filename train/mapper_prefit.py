@@ -25,9 +25,6 @@ from models.mapper import mapper_loss
 
 __all__ = ["MapperPrefitConfig", "feature_pairs", "prefit_mapper"]
 
-#: Learning-rate schedules of the pre-fit.
-SCHEDULES = ("constant", "cosine")
-
 
 @dataclass
 class MapperPrefitConfig:
@@ -36,16 +33,13 @@ class MapperPrefitConfig:
     Attributes:
         epochs: passes over the cached pairs of every training view (0: no pre-fit).
         batch_size: pairs per mapper update.
-        lr: Adam learning rate of the pre-fit (its peak, with the cosine schedule).
-        schedule: ``"constant"``, or ``"cosine"``: the rate decays from ``lr`` to 0 over the
-            pre-fit's updates (cosine annealing).
+        lr: Adam learning rate of the pre-fit.
         encode_batch: views per CLIP / E_S forward when the cache is built.
     """
 
     epochs: int = 0
     batch_size: int = 256
     lr: float = 1.0e-3
-    schedule: str = "constant"
     encode_batch: int = 128
 
     def __post_init__(self) -> None:
@@ -56,11 +50,6 @@ class MapperPrefitConfig:
                 raise UserError(f"prefit config: {name!r} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UserError(f"prefit config: 'lr' must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(
-                f"prefit config: 'schedule' must be one of {', '.join(SCHEDULES)}, "
-                f"got {self.schedule!r}"
-            )
 
 
 @torch.no_grad()
@@ -108,7 +97,7 @@ def prefit_mapper(
     Args:
         mapper: M, trained in place.
         f: (N, D) CLIP image features; c: (N, c_dim) SVR latents.
-        cfg: epochs, batch size, learning rate and its schedule.
+        cfg: epochs, batch size, learning rate.
         loss_kind: stage 1's L_M ("l2" or "l1", :func:`models.mapper.mapper_loss`).
         mapper_input: f -> M's input (stage 1's noise mixing, or the identity).
         seed: seed of the shuffling.
@@ -120,12 +109,6 @@ def prefit_mapper(
     optimizer = torch.optim.Adam(mapper.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
     n = f.shape[0]
-    updates = cfg.epochs * -(-n // cfg.batch_size)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(updates, 1))
-        if cfg.schedule == "cosine"
-        else None
-    )
     losses: list[float] = []
     for _ in range(cfg.epochs):
         losses = []
@@ -135,8 +118,6 @@ def prefit_mapper(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
             losses.append(float(loss.detach()))
     with torch.no_grad():
         cos = torch.cat(
