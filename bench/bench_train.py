@@ -1,9 +1,10 @@
 """Training speed of each stage: optimisation steps per second of SVR, CLIP and stage 1.
 
 Each stage trains from its tiny config (``configs/<stage>/tiny.yaml``, batch sizes and all) with
-a Lightning ``Trainer`` as ``iss3d fit`` runs it, but with logging, checkpoints and validation
-off, on a small synthetic world built in a temporary folder by the project's generator (24
-objects x 4 views at 64 px, the view size the tiny configs are made for). SVR and CLIP start
+a Lightning ``Trainer`` as ``iss3d fit`` runs it (with the config's weight average, if any), but
+with logging, checkpoints and validation off, on a small synthetic world built in a temporary
+folder by the project's generator (24 objects x 4 views at 64 px, the view size the tiny configs
+are made for). SVR and CLIP start
 from random weights; stage 1 from the shipped SVR model and CLIP (``models/pretrained/svr.pt``,
 ``clip.pt``), as ``make models`` trains it.
 
@@ -113,7 +114,7 @@ def step_seconds(stage: str, world: Path, root: Path, warmup: int, steps: int) -
         precision=t.precision,
         logger=False,
         enable_checkpointing=False,
-        callbacks=[timer],
+        callbacks=[timer, *runs.config_callbacks(t)],
         log_every_n_steps=t.log_every,
         limit_val_batches=0,
         num_sanity_val_steps=0,

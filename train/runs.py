@@ -57,6 +57,7 @@ __all__ = [
     "RunDir",
     "TrainerConfig",
     "apply_overrides",
+    "config_callbacks",
     "config_differences",
     "find_config",
     "fit",
@@ -470,6 +471,15 @@ class RunDir:
 # -- Lightning ------------------------------------------------------------------------------
 
 
+def config_callbacks(trainer_cfg: TrainerConfig) -> list[Any]:
+    """The Lightning callbacks a trainer config asks for: the weight average of ``ema_decay``."""
+    if trainer_cfg.ema_decay is None:
+        return []
+    from pytorch_lightning.callbacks import EMAWeightAveraging
+
+    return [EMAWeightAveraging(decay=trainer_cfg.ema_decay)]
+
+
 def make_trainer(
     run_dir: RunDir,
     trainer_cfg: TrainerConfig,
@@ -512,10 +522,6 @@ def make_trainer(
     )
     t = trainer_cfg
     val_every = t.val_check_interval
-    if t.ema_decay is not None:
-        from pytorch_lightning.callbacks import EMAWeightAveraging
-
-        callbacks = [*callbacks, EMAWeightAveraging(decay=t.ema_decay)]
     return pl.Trainer(
         default_root_dir=str(run_dir.path),
         max_steps=t.max_steps,
@@ -524,7 +530,7 @@ def make_trainer(
         devices=t.devices,
         precision=t.precision,
         logger=loggers,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[checkpoint, *callbacks, *config_callbacks(t)],
         log_every_n_steps=t.log_every,
         val_check_interval=val_every if val_every > 0 else None,
         check_val_every_n_epoch=None,

@@ -108,7 +108,7 @@ def test_weight_average_is_what_the_checkpoint_holds(tiny_world, tmp_path):
     system = SVRSystem.load_from_checkpoint(ckpt, map_location="cpu")
     key = "decoder.fc_out.weight"
     assert torch.equal(system.state_dict()[key], averaged[key])
-    # resuming continues the raw weights and the average
+    # resuming goes on updating the average
     assert fit(tiny_world, out, "trainer.max_steps=6", *extra, "--resume") == 0
     second = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert second["global_step"] == 6
