@@ -15,6 +15,7 @@ decoder).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -55,13 +56,19 @@ class SphereDecoder(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
 
+    @staticmethod
+    def _sphere(points, learned):
+        return 20.0 * (0.3 - points.norm(dim=-1)) + 0.1 * torch.tanh(learned)
+
     def occupancy(self, points, c):
-        return 20.0 * (0.3 - points.norm(dim=-1)) + 0.1 * torch.tanh(
-            self.decoder.occupancy(points, c)
-        )
+        return self._sphere(points, self.decoder.occupancy(points, c))
 
     def rgb(self, points, c):
         return self.decoder.rgb(points, c)
+
+    def occupancy_and_rgb(self, points, c):
+        learned, rgb = self.decoder.occupancy_and_rgb(points, c)
+        return self._sphere(points, learned), rgb
 
 
 def _time(fn, repeats: int) -> float:
@@ -145,6 +152,68 @@ def march_figures(
     return figures
 
 
+def _same_mesh(a, b) -> float:
+    """Fraction of mesh a's vertices that mesh b has too (1e-6 apart at most); 0 if b differs
+    in size."""
+    if a.vertices.shape != b.vertices.shape:
+        return 0.0
+    return float(np.mean(np.abs(a.vertices - b.vertices).max(axis=1) <= 1e-6))
+
+
+def mesh_figures(field, c: torch.Tensor, key: str, cfg: MeshConfig) -> dict[str, float]:
+    """A mesh with colours at ``cfg`` with the default (auto) search precision, against the
+    same with a float32 search: seconds, decoder evaluations, speed-up and vertex agreement,
+    and the largest difference (0-255) between a vertex colour (interpolated along its grid
+    edge) and the field's colour at the vertex."""
+    r = cfg.resolution
+    meshes = {}
+    figures = {}
+    for precision in ("auto", "float32"):
+        run_cfg = dataclasses.replace(cfg, search_precision=precision)
+
+        def mesh(run_cfg=run_cfg, precision=precision):
+            meshes[precision] = extract_mesh(field, c, run_cfg)
+
+        seconds = _time(mesh, 1)
+        suffix = "" if precision == "auto" else "_float32"
+        figures[f"{key}_mesh{suffix}_s_{r}"] = seconds
+        figures[f"{key}_mesh{suffix}_evals_{r}"] = float(meshes[precision].evaluations)
+    figures[f"{key}_mesh_dense_evals_{r}"] = float((r + 1) ** 3)
+    figures[f"{key}_mesh_search_speedup_{r}"] = (
+        figures[f"{key}_mesh_float32_s_{r}"] / figures[f"{key}_mesh_s_{r}"]
+    )
+    figures[f"{key}_mesh_float32_vertex_agreement_{r}"] = _same_mesh(
+        meshes["float32"], meshes["auto"]
+    )
+    mesh = meshes["auto"]
+    with torch.no_grad():
+        vertices = torch.from_numpy(mesh.vertices).to(c.device)[None]
+        exact = torch.cat(
+            [
+                field.rgb(vertices[:, i : i + cfg.chunk], c)[0]
+                for i in range(0, len(mesh.vertices), cfg.chunk)
+            ]
+        )
+    exact = exact.clamp(0, 1).cpu().numpy() * 255
+    figures[f"{key}_mesh_max_color_error_{r}"] = float(np.abs(mesh.colors - exact).max())
+    return figures
+
+
+def mesh_dense_agreement(field, c: torch.Tensor, key: str, cfg: MeshConfig) -> dict[str, float]:
+    """The coarse-to-fine mesh against the reference: every point of the final grid decoded in
+    float32 (dense); their vertex agreement and the speed-up."""
+    r = cfg.resolution
+    dense_cfg = MeshConfig(resolution0=r, upsampling_steps=0, padding=cfg.padding)
+    meshes = {}
+    dense_s = _time(lambda: meshes.update(dense=extract_mesh(field, c, dense_cfg)), 1)
+    fast_s = _time(lambda: meshes.update(fast=extract_mesh(field, c, cfg)), 1)
+    return {
+        f"{key}_mesh_dense_s_{r}": dense_s,
+        f"{key}_mesh_dense_speedup_{r}": dense_s / fast_s,
+        f"{key}_mesh_dense_vertex_agreement_{r}": _same_mesh(meshes["dense"], meshes["fast"]),
+    }
+
+
 def shipped_latents(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
     """The shipped stage-1 decoder and M(f_T) of :data:`PROMPTS`: stage 2's first render.
 
@@ -172,6 +241,8 @@ def main(quick: bool = False) -> dict:
     decoder, latents = shipped_latents(device)
     for res in resolutions:
         figures.update(march_figures(decoder, latents, "shipped", res, repeats))
+    for r0, steps in mesh_resolutions:
+        figures.update(mesh_figures(decoder, latents[:1], "shipped", MeshConfig(r0, steps)))
     for size, kw in sizes.items():
         field = SphereDecoder(Decoder(**kw)).to(device).eval()
         c = torch.randn(1, kw["c_dim"], device=device)
@@ -180,16 +251,10 @@ def main(quick: bool = False) -> dict:
                 continue  # minutes per view on 2 cores; evaluations per ray do not depend on res
             figures.update(march_figures(field, c, size, res, repeats))
         for r0, steps in mesh_resolutions:
-            cfg = MeshConfig(resolution0=r0, upsampling_steps=steps)
-            result = {}
-
-            def mesh(field=field, c=c, cfg=cfg, result=result):
-                result["mesh"] = extract_mesh(field, c, cfg)
-
-            seconds = _time(mesh, 1)
-            figures[f"{size}_mesh_s_{cfg.resolution}"] = seconds
-            figures[f"{size}_mesh_evals_{cfg.resolution}"] = float(result["mesh"].evaluations)
-            figures[f"{size}_mesh_dense_evals_{cfg.resolution}"] = float((cfg.resolution + 1) ** 3)
+            figures.update(mesh_figures(field, c, size, MeshConfig(r0, steps)))
+        if size == "tiny":  # a dense grid is affordable for the tiny decoder only
+            r0, steps = mesh_resolutions[0]
+            figures.update(mesh_dense_agreement(field, c, size, MeshConfig(r0, steps)))
     targets = render_targets(figures, cpu)
     config = {
         "device": str(device),
@@ -207,8 +272,12 @@ def main(quick: bool = False) -> dict:
         " grid: models/grid_march.py (48^3 lattice built coarse to fine from 24^3, margin 1,"
         " same samples and secant steps);"
         " evals_per_ray counts decoder point evaluations divided by pixels (lattice included)",
-        "mesh: coarse-to-fine occupancy grid from 32^3 (MISE-like), marching cubes, vertex"
-        " colours; mesh_dense_evals is what a dense grid would cost",
+        "mesh: coarse-to-fine occupancy grid from 32^3 (MISE-like levels, then a band of the"
+        " corners of cells with a crossing, all in float32), marching cubes, vertex colours"
+        " interpolated along grid edges; mesh_s: levels before the last at the auto search"
+        " precision (bfloat16 where native), mesh_float32_s: all float32;"
+        " mesh_dense_evals is what a dense grid would cost; mesh_dense_*: the tiny decoder's"
+        " dense float32 grid, the reference",
     ]
     return write_result(NAME, figures, config, quick, targets, notes)
 

@@ -347,9 +347,9 @@ def describe_shape(shape, cfg: EvaluateConfig, seed: int) -> tuple[dict[str, np.
         )
         rgb = out["rgb"][0].permute(1, 2, 0).clamp(0, 1)
         frames.append((rgb * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    grid, _ = occupancy_grid(
+    grid = occupancy_grid(
         field_, c, MeshConfig(resolution0=sh.iou_grid, upsampling_steps=0, padding=m.padding)
-    )
+    ).values
     mesh = extract_mesh(
         field_,
         c,

@@ -105,6 +105,13 @@ class VoxelField(nn.Module):
         """(B, N, 3) -> (B, N, 3) colours in [0, 1]."""
         return torch.sigmoid(self._sample(points, c)[..., 1:])
 
+    def occupancy_and_rgb(
+        self, points: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, 3) -> (B, N) occupancy logits and (B, N, 3) colours, one lookup."""
+        out = self._sample(points, c)
+        return out[..., 0], torch.sigmoid(out[..., 1:])
+
     def initial_latent(self, radius: float, sharpness: float) -> torch.Tensor:
         """(1, 4 G^3): a grey sphere of ``radius``, occupancy logit sharpness * (radius - |p|)."""
         g = self.resolution

@@ -209,6 +209,15 @@ class Decoder(ResnetFCNet):
         h = F.relu(self.features(points, c))
         return torch.sigmoid(F.linear(h, self.fc_out.weight[1:4], self.fc_out.bias[1:4]))
 
+    def occupancy_and_rgb(
+        self, points: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, 3), (B, c_dim) -> (B, N) occupancy logits and (B, N, 3) colours, one pass."""
+        out = self(points, c)
+        if not self.out_rgb:
+            raise ValueError("this decoder was built with out_rgb=False and has no colour output")
+        return out[..., 0], torch.sigmoid(out[..., 1:4])
+
 
 class BranchedDecoder(nn.Module):
     """A decoder split into an occupancy branch D_o and a colour branch D_c (stylization).
@@ -248,6 +257,12 @@ class BranchedDecoder(nn.Module):
     def rgb(self, points: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, 3), (B, c_dim) -> (B, N, 3) colours in [0, 1], from the colour branch only."""
         return torch.sigmoid(self.color_branch(points, c))
+
+    def occupancy_and_rgb(
+        self, points: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, 3), (B, c_dim) -> (B, N) occupancy logits and (B, N, 3) colours."""
+        return self.occupancy(points, c), self.rgb(points, c)
 
     def occupancy_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of D_o (disjoint from :meth:`color_parameters`)."""

@@ -27,6 +27,17 @@ class ImplicitField(Protocol):
     def rgb(self, points: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor: ...
 
 
+def occupancy_and_rgb(
+    field: ImplicitField, points: torch.Tensor, c: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, 3) points -> (B, N) occupancy logits and (B, N, 3) colours, in one decoder pass
+    when the field has ``occupancy_and_rgb`` (the decoders do), else by its two methods."""
+    both = getattr(field, "occupancy_and_rgb", None)
+    if both is not None:
+        return both(points, c)
+    return field.occupancy(points, c), field.rgb(points, c)
+
+
 MARCH_METHODS = ("dense", "grid")
 
 

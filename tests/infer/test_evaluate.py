@@ -391,6 +391,8 @@ def test_voxel_field_is_a_differentiable_sphere_the_stage2_loop_can_move():
     occ = field.occupancy(pts, c)[0]
     assert occ[0] > 0 > occ[1] and occ[2] > 0
     assert torch.allclose(field.rgb(pts, c), torch.full((1, 3, 3), 0.5))
+    both = field.occupancy_and_rgb(pts, c)
+    assert torch.equal(both[0], field.occupancy(pts, c)) and torch.equal(both[1], field.rgb(pts, c))
     torch.manual_seed(0)
     clip = load_clip("clip/tiny-64")
     guidance = GuidanceConfig(lambda_bg=0.0)

@@ -139,6 +139,9 @@ def test_decoder_shapes_and_heads():
     torch.testing.assert_close(occ, out[..., 0])
     torch.testing.assert_close(rgb, torch.sigmoid(out[..., 1:4]))
     assert (rgb >= 0).all() and (rgb <= 1).all()
+    both = dec.occupancy_and_rgb(p, c)
+    torch.testing.assert_close(both[0], occ)
+    torch.testing.assert_close(both[1], rgb)
     # A single latent broadcasts over the batch.
     torch.testing.assert_close(dec(p, c[:1]), dec(p, c[:1].expand(2, -1)))
 
@@ -204,6 +207,9 @@ def test_split_branches_starts_identical():
         torch.testing.assert_close(branched(p, c), dec(p, c))
         torch.testing.assert_close(branched.occupancy(p, c), dec.occupancy(p, c))
         torch.testing.assert_close(branched.rgb(p, c), dec.rgb(p, c))
+        occ, rgb = branched.occupancy_and_rgb(p, c)
+        torch.testing.assert_close(occ, dec.occupancy(p, c))
+        torch.testing.assert_close(rgb, dec.rgb(p, c))
     assert branched.occupancy_branch.fc_out.weight.shape == (1, 24)
     assert branched.color_branch.fc_out.weight.shape == (3, 24)
 
