@@ -46,6 +46,13 @@ $(MODELS_WORK)/world.h5:
 	mkdir -p $(MODELS_WORK)
 	$(ISS3D) data synth --out $@ --objects 500 --views 24 --res 64 --seed 0
 
+# More objects for the stage-1 mapper's pre-fit (renders only; another seed, so none of them is
+# one of the world's test objects): the mapper's fit to unseen objects grows with the objects
+# it has seen.
+$(MODELS_WORK)/extra.h5:
+	mkdir -p $(MODELS_WORK)
+	$(ISS3D) data synth --out $@ --objects 1000 --views 12 --res 64 --seed 7
+
 $(MODELS_WORK)/svr/checkpoints/last.ckpt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit svr --config svr/tiny --data $< --out $(MODELS_WORK)/svr --no-progress
 
@@ -58,10 +65,10 @@ $(MODELS_WORK)/clip-judge/clip.pt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit clip --config clip/tiny --data $< --out $(MODELS_WORK)/clip-judge --no-progress \
 		run.seed=1 run.name=judge trainer.max_steps=3000
 
-$(MODELS_WORK)/stage1/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt
+$(MODELS_WORK)/stage1/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt $(MODELS_WORK)/extra.h5
 	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
 		--svr $(MODELS_WORK)/svr/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
-		--out $(MODELS_WORK)/stage1
+		--out $(MODELS_WORK)/stage1 'prefit.extra_data=[$(MODELS_WORK)/extra.h5]'
 
 $(PRETRAINED)/svr.pt: $(MODELS_WORK)/svr/checkpoints/last.ckpt
 	mkdir -p $(PRETRAINED)
@@ -84,10 +91,11 @@ $(PRETRAINED)/clip-judge.pt: $(MODELS_WORK)/clip-judge/clip.pt
 EVAL_OUT ?= runs/eval-report
 EVAL_WORKERS ?= 2
 
-$(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt
+$(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt $(MODELS_WORK)/extra.h5
 	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
 		--svr $(MODELS_WORK)/svr/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
-		--out $(MODELS_WORK)/stage1-nobg loss.lambda_bg=0
+		--out $(MODELS_WORK)/stage1-nobg 'prefit.extra_data=[$(MODELS_WORK)/extra.h5]' \
+		loss.lambda_bg=0
 
 $(MODELS_WORK)/eid/checkpoints/last.ckpt: $(MODELS_WORK)/clip/clip.pt
 	$(ISS3D) fit eid --config eid/tiny --data $(MODELS_WORK)/world.h5 --no-progress \

@@ -55,7 +55,7 @@ from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
 from models.metrics import occupancy_iou
 from models.renderer import MarchConfig, RayHits, Renderer
-from train.mapper_prefit import MapperPrefitConfig, feature_pairs, prefit_mapper
+from train.mapper_prefit import MapperPrefitConfig, open_extra_data, prefit_mapper, prefit_pairs
 from train.runs import RunConfig, TrainerConfig
 from train.svr import (
     AdamConfig,
@@ -267,15 +267,14 @@ class Stage1System(DataSystem):
             self.prefit_mapper()
 
     def prefit_mapper(self) -> None:
-        """Fit M on the cached (f_I, E_S(I)) pairs of every training view (config ``prefit``);
-        logs ``prefit/loss`` and ``prefit/cos``."""
+        """Fit M on the cached (f_I, E_S(I)) pairs of every training view and of the
+        ``prefit.extra_data`` files; logs ``prefit/loss``, ``prefit/cos`` and ``prefit/views``."""
         pre = self.cfg.prefit
-        f, c = feature_pairs(
-            self.targets, self.file, self.cfg.data.train_split, pre.encode_batch, self.device
-        )
+        f, c = prefit_pairs(self.targets, self.file, self.cfg.data.train_split, pre, self.device)
         stats = prefit_mapper(
             self.mapper, f, c, pre, self.cfg.loss.mapper_loss, self.mapper_input, self.cfg.run.seed
         )
+        stats["views"] = float(f.shape[0])
         for logger in self.loggers:
             logger.log_metrics({f"prefit/{k}": v for k, v in stats.items()}, step=0)
         print(
@@ -504,6 +503,8 @@ def fit_stage1(
             f"{cfg.data.path}: views are {file.width}x{file.height} pixels but the SVR model "
             f"{cfg.svr} was trained on {w}x{h}"
         )
+    if cfg.prefit.epochs > 0:
+        open_extra_data(cfg.prefit, file)
     val_split = cfg.data.val_split
     if cfg.trainer.val_check_interval > 0:
         val_objects = datamodule.dataset(val_split).objects

@@ -15,6 +15,8 @@ import yaml
 from PIL import Image
 
 from data.datamodule import MultiViewDataModule
+from data.reader import MultiViewFile
+from data.synth.build import SynthConfig, synthesize
 from infer.cli import main
 from infer.stage1 import load_stage1
 from infer.svr import load_svr
@@ -147,6 +149,42 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
     assert any(not torch.equal(tuned[k], original[k]) for k in tuned)  # D was fine-tuned
 
 
+def test_prefit_extra_data_adds_every_view_of_the_files(tiny_world, svr_ckpt, tmp_path, capsys):
+    out = tmp_path / "run"
+    prefit = ["prefit.epochs=1", f"prefit.extra_data=[{tiny_world}, {tiny_world}]"]
+    assert (
+        fit(
+            tiny_world,
+            svr_ckpt,
+            out,
+            "trainer.max_steps=1",
+            "trainer.val_check_interval=0",
+            *prefit,
+        )
+        == 0
+    )
+    file = MultiViewFile(tiny_world)
+    expected = len(file.views_in("train")) + 2 * len(file.views_in(None))
+    (pre,) = [r for r in metrics_rows(out) if r.get("prefit/views")]
+    assert int(float(pre["prefit/views"])) == expected
+    assert f"mapper pre-fit: 1 epochs on {expected} views" in capsys.readouterr().out
+
+
+def test_prefit_extra_data_of_another_image_size_is_refused(tiny_world, svr_ckpt, tmp_path, capsys):
+    other = synthesize(
+        tmp_path / "other.h5",
+        SynthConfig(objects=2, views=2, res=16, occ_uniform=64, occ_near=64, surface_points=2048),
+        workers=1,
+        progress=False,
+    )
+    prefit = ["prefit.epochs=1", f"prefit.extra_data=[{other}]"]
+    steps = ["trainer.max_steps=1", "trainer.val_check_interval=0"]
+    assert fit(tiny_world, svr_ckpt, tmp_path / "run", *steps, *prefit) == 2
+    line = error_line(capsys)
+    assert "other.h5" in line and "16x16" in line and "32x32" in line
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
 # -- bad inputs ---------------------------------------------------------------------------------
 
 
@@ -159,6 +197,7 @@ def test_bad_inputs_are_one_line_errors_and_no_folder(tiny_world, svr_ckpt, tmp_
         ({"svr": tmp_path / "missing.ckpt"}, ["missing.ckpt", "no such file"]),
         ({"extra": ["loss.mapper_loss=l3"]}, ["mapper_loss", "l3"]),
         ({"extra": ["loss.noise_alpha=2"]}, ["noise_alpha"]),
+        ({"extra": [f"prefit.extra_data=[{tmp_path / 'none.h5'}]"]}, ["extra_data", "none.h5"]),
     ]
     not_svr = tmp_path / "not_svr.ckpt"
     torch.save({"model": {"generator.linear_1.weight": torch.zeros(2, 2)}}, not_svr)
