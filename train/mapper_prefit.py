@@ -57,9 +57,6 @@ class MapperPrefitConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise UserError(f"prefit config: 'epochs' must be >= 0, got {self.epochs}")
-        for path in self.extra_data:
-            if not Path(path).is_file():
-                raise UserError(f"prefit config: extra_data file not found: {path}")
         for name in ("batch_size", "encode_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"prefit config: {name!r} must be >= 1, got {getattr(self, name)}")
@@ -101,6 +98,9 @@ def feature_pairs(
 def open_extra_data(cfg: MapperPrefitConfig, file: MultiViewFile) -> list[MultiViewFile]:
     """The ``cfg.extra_data`` files, opened; a one-line UserError for one that is not a
     readable render file or whose views are not the size of ``file``'s."""
+    for path in cfg.extra_data:  # checked here, not in the config: checkpoints keep the config
+        if not Path(path).is_file():
+            raise UserError(f"prefit.extra_data: {path}: no such file")
     extras = [MultiViewFile(path) for path in cfg.extra_data]
     for extra in extras:
         if (extra.height, extra.width) != (file.height, file.width):
