@@ -213,9 +213,9 @@ class Decoder(ResnetFCNet):
         self, points: torch.Tensor, c: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, 3), (B, c_dim) -> (B, N) occupancy logits and (B, N, 3) colours, one pass."""
-        out = self(points, c)
         if not self.out_rgb:
             raise ValueError("this decoder was built with out_rgb=False and has no colour output")
+        out = self(points, c)
         return out[..., 0], torch.sigmoid(out[..., 1:4])
 
 

@@ -167,7 +167,7 @@ def _precision(device: torch.device, dtype: torch.dtype) -> torch.autocast:
 
 
 class _GridDecoder:
-    """Decodes points of one grid level and keeps the colours it decodes.
+    """Decodes grid points level by level and keeps the colours it decodes (final level only).
 
     Args:
         field, c: the implicit field and its latent (1, c_dim) or None.
@@ -203,7 +203,7 @@ class _GridDecoder:
                 part = pts[:, i : i + self.chunk]
                 if with_colors and self.colors:
                     occupancy, rgb = occupancy_and_rgb(self.field, part, self.c)
-                    self.color_parts.append((flat[i : i + self.chunk], rgb[0].float()))
+                    self.color_parts.append((flat[i : i + self.chunk], rgb[0]))
                 else:
                     occupancy = self.field.occupancy(part, self.c)
                 decoded.append(occupancy[0])
@@ -220,14 +220,20 @@ class _GridDecoder:
                 self.color_parts.append((flat[i : i + self.chunk], rgb))
         self.evaluations += len(flat)
 
+    def colored(self, lattice: _Lattice) -> torch.Tensor:
+        """(K,) flat indices of the points with a colour, in the order they were decoded."""
+        device = lattice.corners.device
+        if not self.color_parts:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return torch.cat([f for f, _ in self.color_parts])
+
     def color_table(self, lattice: _Lattice) -> tuple[torch.Tensor, torch.Tensor]:
         """(size,) row of each point in the colour table (-1: none) and the (K, 3) table."""
-        device = lattice.corners.device
-        row = torch.full((lattice.size,), -1, dtype=torch.long, device=device)
+        flat = self.colored(lattice)
+        row = torch.full((lattice.size,), -1, dtype=torch.long, device=flat.device)
+        row[flat] = torch.arange(len(flat), device=flat.device)
         if not self.color_parts:
-            return row, torch.zeros(0, 3, device=device)
-        flat = torch.cat([f for f, _ in self.color_parts])
-        row[flat] = torch.arange(len(flat), device=device)
+            return row, torch.zeros(0, 3, device=flat.device)
         return row, torch.cat([rgb for _, rgb in self.color_parts])
 
 
@@ -321,7 +327,9 @@ def occupancy_grid(
     if crossing is None:
         crossing = torch.nonzero(_surface_cells(values, cfg.threshold, False)) @ lattice.strides
     corners = lattice.corners_of(crossing)
-    decoder.decode_colors(corners[decoder.color_table(lattice)[0][corners] < 0], lattice)
+    colored = torch.zeros(lattice.size, dtype=torch.bool, device=device)
+    colored[decoder.colored(lattice)] = True
+    decoder.decode_colors(corners[~colored[corners]], lattice)
     row, rgb = decoder.color_table(lattice)
     return SurfaceGrid(values, decoder.evaluations, row, rgb)
 
