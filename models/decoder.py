@@ -148,6 +148,8 @@ class ResnetFCNet(nn.Module):
             (B, N, hidden).
         """
         self._check(points, c)
+        if not torch.is_grad_enabled() and (c is None or c.shape[0] == 1):
+            return self._features_one_latent(points, c)
         net = self.fc_p(self.encode_points(points))
         for n, block in enumerate(self.blocks):
             if self.c_dim > 0:
@@ -155,9 +157,28 @@ class ResnetFCNet(nn.Module):
             net = block(net)
         return net
 
+    def _features_one_latent(self, points: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`features` without autograd for one latent (1, c_dim) or none, with fewer
+        passes over the (B * N, hidden) activations (meshing and marching decode millions of
+        points): each ``fc_c[n](c)`` is folded into the bias of the layer before block n, each
+        residual add into its matrix product, and the inner ReLU works in place."""
+        shifts = [fc(c)[0] for fc in self.fc_c] if self.c_dim > 0 else []
+        shifts += [None] * (self.n_blocks + 1 - len(shifts))  # shifts[n] goes before block n
+        x = self.encode_points(points).flatten(0, 1)  # (B * N, in)
+        net = F.linear(x, self.fc_p.weight, _shifted(self.fc_p.bias, shifts[0]))
+        for block, shift in zip(self.blocks, shifts[1:], strict=True):
+            h = F.relu(F.linear(F.relu(net), block.fc_0.weight, block.fc_0.bias), inplace=True)
+            net = torch.addmm(net, h, block.fc_1.weight.t()).add_(_shifted(block.fc_1.bias, shift))
+        return net.unflatten(0, points.shape[:2])
+
     def forward(self, points: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, 3) points, (B, c_dim) latents -> (B, N, out_dim) raw head outputs."""
         return self.fc_out(F.relu(self.features(points, c)))
+
+
+def _shifted(bias: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """(h,) bias plus (h,) shift (None: no shift)."""
+    return bias if shift is None else bias + shift
 
 
 class Decoder(ResnetFCNet):

@@ -161,6 +161,12 @@ class _Lattice:
         return self.distinct((points[:, None] - self.corner_offsets)[inside])
 
 
+def _crossing_cells(values: torch.Tensor, lattice: _Lattice, threshold: float) -> torch.Tensor:
+    """(n+1)^3 point values -> (K,) flat indices (cells named by their lowest corner) of the
+    cells whose corners lie on both sides of threshold."""
+    return torch.nonzero(_surface_cells(values, threshold, grow=False)) @ lattice.strides
+
+
 def _precision(device: torch.device, dtype: torch.dtype) -> torch.autocast:
     """Autocast to bfloat16 for ``dtype`` bfloat16; for float32, autocast switched off."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
@@ -248,12 +254,15 @@ def _decode_band(
     lattice: _Lattice,
     decoder: _GridDecoder,
     threshold: float,
+    last: bool,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """Decode the corners of every cell with a crossing, starting from the (M,) flat ``cells``.
 
     A decoded value can move the crossing into a neighbouring cell, so the cells around the
     points just decoded are checked again, until no cell with a crossing has a corner left
-    undecoded. ``values`` (n+1)^3 and ``exact`` (n+1)^3 bool are updated in place.
+    undecoded. ``values`` (n+1)^3 and ``exact`` (n+1)^3 bool are updated in place. The points
+    are decoded under autocast to ``dtype``, with their colours when ``last``.
 
     Returns:
         (K,) flat indices of the cells with a crossing.
@@ -266,7 +275,7 @@ def _decode_band(
         if not len(new):
             break
         exact.view(-1)[new] = True
-        decoder.decode(values, new, lattice, with_colors=True)
+        decoder.decode(values, new, lattice, last, dtype)
         cells = lattice.cells_around(new)
         checked[cells] = True
     return lattice.crossing(values, torch.nonzero(checked)[:, 0], threshold)
@@ -279,13 +288,12 @@ def occupancy_grid(
     """Logits on the final (R+1)^3 grid, R = cfg.resolution, evaluated coarse to fine.
 
     The first grid is evaluated everywhere. Each refinement upsamples the grid trilinearly.
-    The first refinement and the intermediate ones decode again every point of the cells that
-    had a crossing (for the first: and of their neighbours, so that a thin part the first grid
-    missed is found), as MISE does. The last one, when it is not also the first, decodes only
-    where marching cubes reads (:func:`_decode_band`): about 0.6 of the points MISE decodes.
-    With ``colors``, the colour of every corner of a cell with a crossing is decoded too.
-    The levels before the last run at ``cfg.search_precision``; when that is not float32, the
-    last level decodes again the coarse points it reads.
+    The first refinement decodes again every point of the cells that had a crossing and of
+    their neighbours, as MISE does, so that a thin part the first grid missed is found. Every
+    later one decodes only the corners of the cells with a crossing (:func:`_decode_band`):
+    about 0.6 of the points MISE decodes. With ``colors``, the colour of every corner of a cell
+    with a crossing is decoded too. The levels before the last run at ``cfg.search_precision``;
+    when that is not float32, the last level decodes again the coarse points it reads.
     """
     device = _device(field, c)
     search = search_dtype(cfg, device)
@@ -297,10 +305,14 @@ def occupancy_grid(
     last = cfg.upsampling_steps == 0
     decoder.decode(values, everything, lattice, last, torch.float32 if last else search)
     exact = torch.ones_like(values, dtype=torch.bool)  # points decoded at this level's precision
-    crossing = None  # (K,) flat cells with a crossing, where the band has found them
+    crossing = _crossing_cells(values, lattice, cfg.threshold)
     for step in range(cfg.upsampling_steps):
         last = step == cfg.upsampling_steps - 1
-        active = _surface_cells(values, cfg.threshold, grow=step == 0)
+        dtype = torch.float32 if last else search
+        if step == 0:
+            active = _surface_cells(values, cfg.threshold, grow=True)
+        else:
+            band = lattice.xyz(crossing)  # (K, 3) the coarse cells with a crossing
         n *= 2
         lattice = _Lattice(n, device)
         values = F.interpolate(
@@ -310,22 +322,22 @@ def occupancy_grid(
         if not (last and search != torch.float32):
             known[::2, ::2, ::2] = exact  # the coarse grid's points keep their decoded values
         exact = known
-        if last and step > 0:
+        if step == 0:
+            fine_points = _corners(
+                active.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
+            )
+            flat = torch.nonzero((fine_points & ~exact).view(-1))[:, 0]
+            exact |= fine_points
+            decoder.decode(values, flat, lattice, last, dtype)
+            crossing = _crossing_cells(values, lattice, cfg.threshold)
+        else:
             # trilinear values cross only inside coarse cells with a crossing: start there
-            children = 2 * torch.nonzero(active).to(device) @ lattice.strides
-            children = (children[:, None] + lattice.corner_offsets).reshape(-1)
-            crossing = _decode_band(values, exact, children, lattice, decoder, cfg.threshold)
-            continue
-        fine_points = _corners(
-            active.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
-        )
-        flat = torch.nonzero((fine_points & ~exact).view(-1))[:, 0]
-        exact |= fine_points
-        decoder.decode(values, flat, lattice, False, torch.float32 if last else search)
+            children = ((2 * band @ lattice.strides)[:, None] + lattice.corner_offsets).reshape(-1)
+            crossing = _decode_band(
+                values, exact, children, lattice, decoder, cfg.threshold, last, dtype
+            )
     if not colors:
         return SurfaceGrid(values, decoder.evaluations)
-    if crossing is None:
-        crossing = torch.nonzero(_surface_cells(values, cfg.threshold, False)) @ lattice.strides
     corners = lattice.corners_of(crossing)
     colored = torch.zeros(lattice.size, dtype=torch.bool, device=device)
     colored[decoder.colored(lattice)] = True

@@ -182,7 +182,9 @@ def test_shape_mode_prior_keeps_the_shape(shape):
 def test_prior_loss_is_zero_for_the_same_decoder_and_positive_otherwise(shape):
     model, c, _ = shape
     points = occupancy_lattice(8)
-    assert prior_loss(model.decoder, model.decoder, c, points).item() == 0.0
+    # Zero up to rounding: the reference is decoded without autograd (a path with its
+    # additions in another order).
+    assert prior_loss(model.decoder, model.decoder, c, points).item() < 1e-5
     other = split_branches(model.decoder)
     with torch.no_grad():
         other.occupancy_branch.fc_out.bias.add_(1.0)

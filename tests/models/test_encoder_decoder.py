@@ -146,6 +146,35 @@ def test_decoder_shapes_and_heads():
     torch.testing.assert_close(dec(p, c[:1]), dec(p, c[:1].expand(2, -1)))
 
 
+@pytest.mark.parametrize(
+    "c_dim, n_blocks, n_frequencies, dtype",
+    [
+        (16, 3, 2, torch.float64),
+        (0, 2, 0, torch.float64),
+        (16, 0, 0, torch.float64),
+        (16, 3, 0, torch.float32),
+    ],
+)
+def test_decoder_without_autograd_gives_the_same_outputs(c_dim, n_blocks, n_frequencies, dtype):
+    # Without autograd and with one latent, features() folds fc_c into biases and works in
+    # place (meshing, marching): the outputs must be those of the plain path.
+    dec = randomise(Decoder(c_dim, 32, n_blocks, n_frequencies=n_frequencies)).to(dtype)
+    p = torch.rand(2, 50, 3, dtype=dtype) - 0.5
+    c = torch.randn(1, c_dim, dtype=dtype) if c_dim else None
+    with torch.no_grad():
+        fast = dec(p, c)
+        assert dec._features_one_latent(p, c).shape == (2, 50, 32)
+    plain = dec(p, c)
+    assert plain.requires_grad and not fast.requires_grad
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast, plain.detach(), rtol=tol, atol=tol)
+    if dtype == torch.float32:  # autocast casts float32 only
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            fast16 = dec(p, c)
+        assert fast16.dtype == torch.bfloat16
+        torch.testing.assert_close(fast16.float(), plain.detach(), rtol=0.05, atol=0.05)
+
+
 def test_decoder_dvr_size_shapes():
     dec = DecoderConfig().build()  # DVR ShapeNet model: c_dim 256, h 512, 5 blocks
     assert dec(torch.rand(1, 7, 3), torch.randn(1, 256)).shape == (1, 7, 4)

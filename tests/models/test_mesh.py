@@ -56,12 +56,14 @@ def _dense_twin(cfg: MeshConfig) -> MeshConfig:
     return dataclasses.replace(cfg, resolution0=cfg.resolution, upsampling_steps=0)
 
 
-def test_coarse_to_fine_mesh_is_the_dense_grids_mesh():
-    # The last level decodes only the corners of cells with a crossing: marching cubes must
-    # still read exactly the values a dense grid has there, and nothing else changes.
+@pytest.mark.parametrize("resolution0, upsampling_steps", [(16, 2), (8, 3)])
+def test_coarse_to_fine_mesh_is_the_dense_grids_mesh(resolution0, upsampling_steps):
+    # The levels after the first refinement decode only the corners of cells with a crossing
+    # (with 3 steps, one of them is not the last): marching cubes must still read exactly the
+    # values a dense grid has there, and nothing else changes.
     field = BlobField().float()
     c = torch.tensor([[0.3, -0.2, 0.5]])
-    cfg = MeshConfig(resolution0=16, upsampling_steps=2, search_precision="float32")
+    cfg = MeshConfig(resolution0, upsampling_steps, search_precision="float32")
     mesh = extract_mesh(field, c, cfg)
     dense = extract_mesh(field, c, _dense_twin(cfg))
     assert mesh.evaluations < 0.2 * dense.evaluations
