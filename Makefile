@@ -46,15 +46,17 @@ $(MODELS_WORK)/world.h5:
 	mkdir -p $(MODELS_WORK)
 	$(ISS3D) data synth --out $@ --objects 500 --views 24 --res 64 --seed 0
 
-# More objects for the stage-1 mapper's pre-fit (renders only; another seed, so none of them is
-# one of the world's test objects): the mapper's fit to unseen objects grows with the objects
-# it has seen.
+# More training objects for the SVR and stage 1 (data.extra_data reads their train split only:
+# another seed, so none of them is one of the world's test objects, and the world's held-out
+# (category, colour) pairs are never in a train split). Both models' fit to unseen objects
+# grows with the objects they have seen.
 $(MODELS_WORK)/extra.h5:
 	mkdir -p $(MODELS_WORK)
 	$(ISS3D) data synth --out $@ --objects 1000 --views 12 --res 64 --seed 7
 
-$(MODELS_WORK)/svr/checkpoints/last.ckpt: $(MODELS_WORK)/world.h5
-	$(ISS3D) fit svr --config svr/tiny --data $< --out $(MODELS_WORK)/svr --no-progress
+$(MODELS_WORK)/svr/checkpoints/last.ckpt: $(MODELS_WORK)/world.h5 $(MODELS_WORK)/extra.h5
+	$(ISS3D) fit svr --config svr/tiny --data $< --out $(MODELS_WORK)/svr --no-progress \
+		'data.extra_data=[$(MODELS_WORK)/extra.h5]'
 
 $(MODELS_WORK)/clip/clip.pt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit clip --config clip/tiny --data $< --out $(MODELS_WORK)/clip --no-progress
@@ -68,7 +70,7 @@ $(MODELS_WORK)/clip-judge/clip.pt: $(MODELS_WORK)/world.h5
 $(MODELS_WORK)/stage1/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt $(MODELS_WORK)/extra.h5
 	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
 		--svr $(MODELS_WORK)/svr/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
-		--out $(MODELS_WORK)/stage1 'prefit.extra_data=[$(MODELS_WORK)/extra.h5]'
+		--out $(MODELS_WORK)/stage1 'data.extra_data=[$(MODELS_WORK)/extra.h5]'
 
 $(PRETRAINED)/svr.pt: $(MODELS_WORK)/svr/checkpoints/last.ckpt
 	mkdir -p $(PRETRAINED)
@@ -94,12 +96,13 @@ EVAL_WORKERS ?= 2
 $(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt: $(MODELS_WORK)/svr/checkpoints/last.ckpt $(MODELS_WORK)/clip/clip.pt $(MODELS_WORK)/extra.h5
 	$(ISS3D) fit stage1 --config stage1/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
 		--svr $(MODELS_WORK)/svr/checkpoints/last.ckpt --clip $(MODELS_WORK)/clip/clip.pt \
-		--out $(MODELS_WORK)/stage1-nobg 'prefit.extra_data=[$(MODELS_WORK)/extra.h5]' \
+		--out $(MODELS_WORK)/stage1-nobg 'data.extra_data=[$(MODELS_WORK)/extra.h5]' \
 		loss.lambda_bg=0
 
-$(MODELS_WORK)/eid/checkpoints/last.ckpt: $(MODELS_WORK)/clip/clip.pt
+# The same training objects as the SVR and stage 1, so that the ablation differs only in c.
+$(MODELS_WORK)/eid/checkpoints/last.ckpt: $(MODELS_WORK)/clip/clip.pt $(MODELS_WORK)/extra.h5
 	$(ISS3D) fit eid --config eid/tiny --data $(MODELS_WORK)/world.h5 --no-progress \
-		--clip $< --out $(MODELS_WORK)/eid
+		--clip $< --out $(MODELS_WORK)/eid 'data.extra_data=[$(MODELS_WORK)/extra.h5]'
 
 # 120 steps reach validation accuracy 1.0 on the world's 11 categories.
 $(MODELS_WORK)/pointnet/pointnet.pt: $(MODELS_WORK)/world.h5

@@ -111,7 +111,7 @@ def step_seconds(stage: str, world: Path, root: Path, warmup: int, steps: int) -
         max_epochs=-1,
         accelerator=t.accelerator,
         devices=1,
-        precision=t.precision,
+        precision=runs.resolve_precision(t.precision, t.accelerator),
         logger=False,
         enable_checkpointing=False,
         callbacks=[timer, *runs.config_callbacks(t)],

@@ -288,3 +288,28 @@ class EpochSampler(Sampler):
         else:
             order = np.arange(self.size)
         return iter([(int(i), epoch) for i in order])
+
+
+class ConcatItems(Dataset):
+    """Datasets one after another, indexed like them: an int, or ``(index, epoch)`` as
+    :class:`EpochSampler` yields (torch's ConcatDataset takes ints only). Items keep their own
+    dataset's fields, so ``object_index`` is the row in that dataset's file.
+
+    Args:
+        parts: the datasets, each of fixed length.
+    """
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = parts
+        self.ends = np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, index: Index) -> dict:
+        i, epoch = index if isinstance(index, tuple) else (index, None)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} items")
+        part = int(np.searchsorted(self.ends, i, side="right"))
+        local = i - (int(self.ends[part - 1]) if part else 0)
+        return self.parts[part][local if epoch is None else (local, epoch)]

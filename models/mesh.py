@@ -11,6 +11,7 @@ import torch
 from skimage.measure import marching_cubes
 from torch.nn import functional as F
 
+from models.precision import native_bfloat16
 from models.renderer import ImplicitField, occupancy_and_rgb
 
 SEARCH_PRECISIONS = ("auto", "float32", "bfloat16")
@@ -67,20 +68,10 @@ def _device(field: ImplicitField, c: torch.Tensor | None) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 matrix products natively (else it emulates them)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
-
-
 def search_dtype(cfg: MeshConfig, device: torch.device) -> torch.dtype:
     """The dtype of the levels before the last for ``cfg.search_precision`` on ``device``."""
     if cfg.search_precision == "auto":
-        return torch.bfloat16 if _native_bfloat16(device) else torch.float32
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
     return getattr(torch, cfg.search_precision)
 
 

@@ -82,7 +82,9 @@ class TrainerConfig:
         checkpoint_every: write ``checkpoints/last.ckpt`` every this many steps (and at the end).
         log_every: log training metrics every this many steps.
         limit_val_batches: validation batches per validation (an int), or a fraction (a float).
-        precision: Lightning precision, e.g. ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``.
+        precision: Lightning precision, e.g. ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``,
+            or ``"auto"``: ``"bf16-mixed"`` where the training device computes bfloat16
+            natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else ``"32-true"``.
         accelerator: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"gpu"``, ...
         devices: Lightning ``devices`` (an int or ``"auto"``).
         gradient_clip_val: clip gradients to this norm (None: no clipping).
@@ -480,6 +482,20 @@ def config_callbacks(trainer_cfg: TrainerConfig) -> list[Any]:
     return [EMAWeightAveraging(decay=trainer_cfg.ema_decay)]
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning precision for a config's ``precision`` (``"auto"`` resolved for the device
+    ``accelerator`` picks; anything else as given)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    from models.precision import native_bfloat16
+
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    return "bf16-mixed" if native_bfloat16(device) else "32-true"
+
+
 def make_trainer(
     run_dir: RunDir,
     trainer_cfg: TrainerConfig,
@@ -528,7 +544,7 @@ def make_trainer(
         max_epochs=-1,
         accelerator=t.accelerator,
         devices=t.devices,
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator),
         logger=loggers,
         callbacks=[checkpoint, *callbacks, *config_callbacks(t)],
         log_every_n_steps=t.log_every,

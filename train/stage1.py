@@ -49,13 +49,13 @@ import torch
 import torch.nn.functional as F
 
 from data.config import StrictConfig
-from data.datamodule import DataConfig
+from data.datamodule import DataConfig, open_extra_files
 from data.errors import UserError
 from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
 from models.metrics import occupancy_iou
 from models.renderer import MarchConfig, RayHits, Renderer
-from train.mapper_prefit import MapperPrefitConfig, open_extra_data, prefit_mapper, prefit_pairs
+from train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
 from train.runs import RunConfig, TrainerConfig
 from train.svr import (
     AdamConfig,
@@ -267,10 +267,11 @@ class Stage1System(DataSystem):
             self.prefit_mapper()
 
     def prefit_mapper(self) -> None:
-        """Fit M on the cached (f_I, E_S(I)) pairs of every training view and of the
-        ``prefit.extra_data`` files; logs ``prefit/loss``, ``prefit/cos`` and ``prefit/views``."""
-        pre = self.cfg.prefit
-        f, c = prefit_pairs(self.targets, self.file, self.cfg.data.train_split, pre, self.device)
+        """Fit M on the cached (f_I, E_S(I)) pairs of every training view (of the data file and
+        the ``data.extra_data`` files); logs ``prefit/loss``, ``prefit/cos``, ``prefit/views``."""
+        pre, data = self.cfg.prefit, self.cfg.data
+        files = [self.file, *open_extra_files(data.extra_data, self.file)]
+        f, c = prefit_pairs(self.targets, files, data.train_split, pre, self.device)
         stats = prefit_mapper(
             self.mapper, f, c, pre, self.cfg.loss.mapper_loss, self.mapper_input, self.cfg.run.seed
         )
@@ -503,8 +504,6 @@ def fit_stage1(
             f"{cfg.data.path}: views are {file.width}x{file.height} pixels but the SVR model "
             f"{cfg.svr} was trained on {w}x{h}"
         )
-    if cfg.prefit.epochs > 0:
-        open_extra_data(cfg.prefit, file)
     val_split = cfg.data.val_split
     if cfg.trainer.val_check_interval > 0:
         val_objects = datamodule.dataset(val_split).objects

@@ -287,6 +287,28 @@ def test_datamodule_empty_train_split(tiny_world):
         dm.setup("fit")
 
 
+def test_extra_data_train_splits_join_training_only(tiny_world, tmp_path):
+    dm = _module(tiny_world, extra_data=[str(tiny_world), str(tiny_world)])
+    train = dm.dataset("train")
+    joined = dm.training_dataset()
+    assert len(joined) == 3 * len(train)  # the extra files' val and test objects stay out
+    n = len(train)
+    for k in (0, n - 1):  # the same file twice: global item part * n + k is item k
+        for part in (1, 2):
+            _assert_items_equal(joined[(part * n + k, 3)], train[(k, 3)])
+    with pytest.raises(IndexError):
+        joined[3 * n]
+    assert sum(len(b["view_index"]) for b in dm.train_dataloader()) == 3 * n
+    alone = _module(tiny_world)
+    val = [b["view_index"].tolist() for b in dm.val_dataloader()]
+    assert val == [b["view_index"].tolist() for b in alone.val_dataloader()]
+    missing = MultiViewDataModule(
+        DataConfig.from_dict({"path": str(tiny_world), "extra_data": [str(tmp_path / "x.h5")]})
+    )
+    with pytest.raises(UserError, match=r"^data.extra_data: .*x.h5: no such file$"):
+        missing.setup("fit")
+
+
 def test_data_config_is_strict(tiny_world):
     with pytest.raises(UserError, match=r"^unknown key 'x' in data config \(known keys: path, "):
         DataConfig.from_dict({"path": str(tiny_world), "x": 1})
@@ -297,6 +319,8 @@ def test_data_config_is_strict(tiny_world):
         {"inside_fraction": 1.5},
         {"val_split": "validation"},
         {"num_workers": True},
+        {"extra_data": "extra.h5"},
+        {"extra_data": [""]},
     ):
         with pytest.raises(UserError, match="data config"):
             DataConfig.from_dict({"path": str(tiny_world), **bad})

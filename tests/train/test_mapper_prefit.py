@@ -52,9 +52,3 @@ def test_feature_pairs_cover_every_view(tiny_world):
 def test_prefit_config_errors(bad, match):
     with pytest.raises(UserError, match=match):
         MapperPrefitConfig(**bad)
-
-
-def test_prefit_config_with_extra_data_loads_without_the_files():
-    # A checkpoint keeps its config: loading it elsewhere must not need the training files.
-    cfg = MapperPrefitConfig(epochs=1, extra_data=["/nowhere/extra.h5"])
-    assert cfg.extra_data == ["/nowhere/extra.h5"]

@@ -149,9 +149,9 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
     assert any(not torch.equal(tuned[k], original[k]) for k in tuned)  # D was fine-tuned
 
 
-def test_prefit_extra_data_adds_every_view_of_the_files(tiny_world, svr_ckpt, tmp_path, capsys):
+def test_prefit_reads_the_training_views_of_the_extra_data(tiny_world, svr_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
-    prefit = ["prefit.epochs=1", f"prefit.extra_data=[{tiny_world}, {tiny_world}]"]
+    prefit = ["prefit.epochs=1", f"data.extra_data=[{tiny_world}, {tiny_world}]"]
     assert (
         fit(
             tiny_world,
@@ -164,20 +164,21 @@ def test_prefit_extra_data_adds_every_view_of_the_files(tiny_world, svr_ckpt, tm
         == 0
     )
     file = MultiViewFile(tiny_world)
-    expected = len(file.views_in("train")) + 2 * len(file.views_in(None))
+    expected = 3 * len(file.views_in("train"))  # never the extra files' val or test views
+    assert expected < len(file.views_in("train")) + 2 * len(file.views_in(None))
     (pre,) = [r for r in metrics_rows(out) if r.get("prefit/views")]
     assert int(float(pre["prefit/views"])) == expected
     assert f"mapper pre-fit: 1 epochs on {expected} views" in capsys.readouterr().out
 
 
-def test_prefit_extra_data_of_another_image_size_is_refused(tiny_world, svr_ckpt, tmp_path, capsys):
+def test_extra_data_of_another_image_size_is_refused(tiny_world, svr_ckpt, tmp_path, capsys):
     other = synthesize(
         tmp_path / "other.h5",
         SynthConfig(objects=2, views=2, res=16, occ_uniform=64, occ_near=64, surface_points=2048),
         workers=1,
         progress=False,
     )
-    prefit = ["prefit.epochs=1", f"prefit.extra_data=[{other}]"]
+    prefit = ["prefit.epochs=1", f"data.extra_data=[{other}]"]
     steps = ["trainer.max_steps=1", "trainer.val_check_interval=0"]
     assert fit(tiny_world, svr_ckpt, tmp_path / "run", *steps, *prefit) == 2
     line = error_line(capsys)
@@ -197,7 +198,7 @@ def test_bad_inputs_are_one_line_errors_and_no_folder(tiny_world, svr_ckpt, tmp_
         ({"svr": tmp_path / "missing.ckpt"}, ["missing.ckpt", "no such file"]),
         ({"extra": ["loss.mapper_loss=l3"]}, ["mapper_loss", "l3"]),
         ({"extra": ["loss.noise_alpha=2"]}, ["noise_alpha"]),
-        ({"extra": [f"prefit.extra_data=[{tmp_path / 'none.h5'}]"]}, ["extra_data", "none.h5"]),
+        ({"extra": [f"data.extra_data=[{tmp_path / 'none.h5'}]"]}, ["extra_data", "none.h5"]),
     ]
     not_svr = tmp_path / "not_svr.ckpt"
     torch.save({"model": {"generator.linear_1.weight": torch.zeros(2, 2)}}, not_svr)

@@ -278,6 +278,14 @@ def test_config_names_and_overrides():
     assert runs.config_differences(saved, new) == ["optim.lr"]
 
 
+def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch):
+    assert runs.resolve_precision("16-mixed", "cpu") == "16-mixed"  # as given
+    monkeypatch.setattr("models.precision.native_bfloat16", lambda device: device.type == "cpu")
+    assert runs.resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr("models.precision.native_bfloat16", lambda device: False)
+    assert runs.resolve_precision("auto", "cpu") == "32-true"
+
+
 def test_march_schedule():
     m = SVRMarchConfig(n_steps=[(0, 16), (50000, 32), (100000, 64), (250000, 128)])
     assert [m.n_steps_at(s) for s in (0, 49999, 50000, 100000, 249999, 10**6)] == [
