@@ -55,7 +55,7 @@ $(MODELS_WORK)/extra.h5:
 	$(ISS3D) data synth --out $@ --objects 1000 --views 12 --res 64 --seed 7
 
 # Stage 1 also reads 1500 objects of a third seed (3.5 minutes to build): the mapper's fit to
-# unseen objects keeps growing with the objects it has seen (README, "Trained models").
+# unseen objects keeps growing with the objects it has seen (README, "The shipped models").
 $(MODELS_WORK)/extra2.h5:
 	mkdir -p $(MODELS_WORK)
 	$(ISS3D) data synth --out $@ --objects 1500 --views 12 --res 64 --seed 8
