@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from data.config import StrictConfig
-from data.datamodule import DataConfig, open_extra_files
+from data.datamodule import DataConfig
 from data.errors import UserError
 from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
@@ -269,9 +269,9 @@ class Stage1System(DataSystem):
     def prefit_mapper(self) -> None:
         """Fit M on the cached (f_I, E_S(I)) pairs of every training view (of the data file and
         the ``data.extra_data`` files); logs ``prefit/loss``, ``prefit/cos``, ``prefit/views``."""
-        pre, data = self.cfg.prefit, self.cfg.data
-        files = [self.file, *open_extra_files(data.extra_data, self.file)]
-        f, c = prefit_pairs(self.targets, files, data.train_split, pre, self.device)
+        pre, split = self.cfg.prefit, self.cfg.data.train_split
+        files = [self.file, *self.extra_files]
+        f, c = prefit_pairs(self.targets, files, split, pre, self.device)
         stats = prefit_mapper(
             self.mapper, f, c, pre, self.cfg.loss.mapper_loss, self.mapper_input, self.cfg.run.seed
         )

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from data.atomic import atomic_output
+from data.datamodule import open_extra_files
 from data.reader import MultiViewFile
 
 __all__ = ["DataSystem", "Frozen"]
@@ -41,6 +42,14 @@ class DataSystem(pl.LightningModule):
         if self._file is None:
             self._file = MultiViewFile(self.cfg.data.path)
         return self._file
+
+    @property
+    def extra_files(self) -> list[MultiViewFile]:
+        """The ``data.extra_data`` files (the datamodule's, already opened, when there is one)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "extra_files"):
+            return dm.extra_files
+        return open_extra_files(self.cfg.data.extra_data, self.file)
 
     def log_training(
         self,
