@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,8 +25,9 @@ import torch
 from bench.common import target, write_result
 from data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
 from models.decoder import Decoder
+from models.march import MarchConfig
 from models.mesh import MeshConfig, extract_mesh
-from models.renderer import MarchConfig, Renderer
+from models.renderer import Renderer
 
 NAME = "render"
 METHODS = ("dense", "grid")
@@ -214,15 +216,17 @@ def mesh_dense_agreement(field, c: torch.Tensor, key: str, cfg: MeshConfig) -> d
     }
 
 
-def shipped_latents(device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The shipped stage-1 decoder and M(f_T) of :data:`PROMPTS`: stage 2's first render.
+def shipped_latents(
+    device: torch.device, prompts: Sequence[str] = PROMPTS
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The shipped stage-1 decoder and M(f_T) of ``prompts``: stage 2's first render.
 
-    Returns (decoder, (len(PROMPTS), c_dim) latents)."""
+    Returns (decoder, (len(prompts), c_dim) latents)."""
     from infer.generate import resolve_models
 
     model, _, clip, _ = resolve_models(None, None, device)
     with torch.no_grad():
-        latents = model.mapper(clip.encode_text(list(PROMPTS)).to(device))
+        latents = model.mapper(clip.encode_text(list(prompts)).to(device))
     return model.decoder.eval(), latents
 
 

@@ -13,7 +13,6 @@ A result file ``bench/results/<name>.json`` holds::
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data.atomic import atomic_output
+from data.atomic import write_json
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -134,8 +133,7 @@ def write_result(
         "command": command_line(),
     }
     path = results_dir(quick) / f"{name}.json"
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    write_json(path, result)
     print(summary(result))
     print(f"  -> {path}")
     return result

@@ -1,14 +1,19 @@
-"""Write outputs under a temporary name and rename them into place only when complete."""
+"""Write outputs under a temporary name and rename them into place only when complete, and
+write strict JSON (``null`` where a number is NaN or infinite, never ``NaN`` / ``Infinity``)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from data.errors import UserError
 
@@ -68,9 +73,37 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_json_report(path: str | os.PathLike, result: dict) -> None:
-    """Write ``result`` as indented JSON to ``path`` atomically and say so on stdout (the
-    ``--out`` of the ``iss3d eval`` commands)."""
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: every non-finite float (NaN, +-inf) becomes None,
+    numpy scalars and arrays become Python numbers and lists, tuples become lists, through
+    nested dicts, lists and tuples; anything else is returned as it is."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """Strict JSON text of ``data`` (:func:`json_ready` first, so never ``NaN`` or
+    ``Infinity``); ``options`` (indent, sort_keys, ...) go to :func:`json.dumps`."""
+    return json.dumps(json_ready(data), allow_nan=False, **options)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically as strict, indented UTF-8 JSON (:func:`json_text`)
+    with a final newline."""
+    text = json_text(data, indent=2, ensure_ascii=False) + "\n"
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_report(path: str | os.PathLike, result: dict) -> None:
+    """Write ``result`` with :func:`write_json` and say so on stdout (the ``--out`` of the
+    ``iss3d eval`` commands)."""
+    write_json(path, result)
     print(f"wrote {path}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import h5py
 import numpy as np
 
 from data import schema
-from data.atomic import atomic_output
+from data.atomic import atomic_output, json_text
 from data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
 from data.errors import UserError
 from data.records import SPLITS, ObjectRecord
@@ -86,7 +85,7 @@ class MultiViewWriter:
                 "width": self.width,
                 "pixel_convention": self.pixel_convention,
                 "has_depth": self.has_depth,
-                "info": json.dumps(self.info, sort_keys=True),
+                "info": json_text(self.info, sort_keys=True),
             }
         )
         h, w = self.height, self.width
@@ -152,7 +151,7 @@ class MultiViewWriter:
         _append(objects["object_id"], np.array([rec.object_id], dtype=object))
         _append(objects["category"], np.array([rec.category], dtype=object))
         _append(objects["split"], np.array([rec.split], dtype=object))
-        _append(objects["meta"], np.array([json.dumps(rec.meta, sort_keys=True)], dtype=object))
+        _append(objects["meta"], np.array([json_text(rec.meta, sort_keys=True)], dtype=object))
         _append(objects["view_offset"], np.array([start], np.int64))
         _append(objects["view_count"], np.array([n], np.int64))
         _append(objects["caption_offset"], np.array([caption_start], np.int64))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -108,12 +107,13 @@ def _check(args) -> int:
 
 
 def _info(args) -> int:
+    from data.atomic import json_text
     from data.info import format_summary, summarize
     from data.reader import MultiViewFile
 
     with MultiViewFile(args.file) as mv:
         summary = summarize(mv)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    print(json_text(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 

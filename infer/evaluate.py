@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from data.atomic import atomic_output
+from data.atomic import atomic_output, json_text, write_json
 from data.config import StrictConfig
 from data.errors import UserError
 from infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
@@ -389,7 +389,7 @@ def save_item(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -
     """Write one item's ``.npz`` (arrays + ``meta`` as JSON) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    np.savez_compressed(buffer, meta=np.array(json_text(meta)), **arrays)
     with atomic_output(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
@@ -707,15 +707,17 @@ def open_out(out: Path, settings: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out}: cannot create the output folder ({err.strerror})") from None
-    with atomic_output(run) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(run, settings)
 
 
 # -- generation --------------------------------------------------------------------------------
 
 
 def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
-    """Produce and save every item of ``items`` not already on disk. Returns (made, skipped)."""
+    """Produce and save every item of ``items`` not already on disk (a warning line for each of
+    an item's stage-2 warnings). Returns (made, skipped)."""
+    from infer.generate import warn
+
     out = p.options.out
     todo = [it for it in items if not (out / it.relpath).is_file()]
     skipped = len(items) - len(todo)
@@ -737,6 +739,8 @@ def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
             t0 = time.perf_counter()
             shape = METHODS[it.method].run(p.ctx, request)
             t1 = time.perf_counter()
+            for text in shape.warnings:
+                warn(f"{it.relpath}: {text}")
             arrays, facts = describe_shape(shape, p.cfg, seed)
             meta = {
                 "method": it.method,
@@ -745,6 +749,7 @@ def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
                 "seed": seed,
                 **facts,
                 "clip_score_per_step": [h["clip_score"] for h in shape.history],
+                "warnings": shape.warnings,
                 "info": shape.info,
                 "generate_s": t1 - t0,
                 "describe_s": time.perf_counter() - t1,

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data.atomic import atomic_output
+from data.atomic import atomic_output, json_ready, json_text
 from infer import eval_metrics as em
 
 __all__ = ["METRICS", "bar_chart", "compute_results", "gallery", "ordering_lines", "write_report"]
@@ -112,10 +111,6 @@ class _Reference:
 
 
 # -- metrics ------------------------------------------------------------------------------------
-
-
-def _nan_to_none(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def compute_results(p, items: list) -> dict[str, Any]:
@@ -203,6 +198,7 @@ def compute_results(p, items: list) -> dict[str, Any]:
                 "guidance_clip_score": (
                     meta["clip_score_per_step"][-1] if meta["clip_score_per_step"] else None
                 ),
+                "warnings": meta.get("warnings", []),  # item files of older versions lack them
                 "file": it.relpath,
             }
             for it, (_, meta) in zip(its, recs, strict=True)
@@ -272,7 +268,7 @@ def compute_results(p, items: list) -> dict[str, Any]:
                 hits.append(pred == colour)
             row["color_acc"] = float(np.mean(hits)) if hits else None
             row["color_shapes"] = len(hits)
-        methods[name] = {k: _nan_to_none(v) if isinstance(v, float) else v for k, v in row.items()}
+        methods[name] = json_ready(row)
         per_item.extend(entries)
     for name, reason in p.skipped.items():
         from infer.methods import METHODS
@@ -479,7 +475,7 @@ def write_report(out: Path, results: dict[str, Any], p) -> list[Path]:
 
     written = []
     for name, text in (
-        ("results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n"),
+        ("results.json", json_text(results, indent=2, ensure_ascii=False) + "\n"),
         ("results.csv", _csv(results)),
         ("report.md", _markdown(results)),
     ):

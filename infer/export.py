@@ -13,8 +13,9 @@ import trimesh
 from data.atomic import atomic_output
 from data.cameras import intrinsics, look_at, orbit_eyes
 from data.errors import UserError
+from models.march import ImplicitField
 from models.mesh import Mesh
-from models.renderer import ImplicitField, Renderer
+from models.renderer import Renderer
 
 MESH_FORMATS = ("ply", "obj", "glb")
 

@@ -10,9 +10,11 @@ when K > 1):
 - ``turntable.gif`` (and the ``turntable.png`` strip): views around the object.
 - ``views.png``: one row per evaluation view, the shape before stage 2 (left) and after it
   (right).
-- ``report.json``: the prompt, the seed, the resolved config, the CLIP score per step and
-  before / after on the evaluation views, time per phase, device and versions; at the top
-  level also the diversity of the K shapes (mean pairwise volumetric IoU and Chamfer distance).
+- ``report.json`` (strict JSON: ``null`` for a number that is not finite): the prompt, the
+  seed, the resolved config, the CLIP score per step and before / after on the evaluation
+  views, time per phase, device and versions, warnings (stage-2 steps skipped for non-finite
+  numbers among them); at the top level also the diversity of the K shapes (mean pairwise
+  volumetric IoU and Chamfer distance).
 - ``latent.pt``: the final latent c with the stage-1 checkpoint and CLIP model used
   (:func:`infer.stylize.save_latent`), for ``iss3d stylize``.
 - ``config.yaml`` (the resolved config) and ``command.txt``, at the top level.
@@ -27,7 +29,6 @@ import contextlib
 import dataclasses
 import filecmp
 import itertools
-import json
 import platform
 import re
 import sys
@@ -262,7 +263,7 @@ def diversity(
         L2 distance, both ways, averaged) between up to ``points`` mesh vertices of each
         (object units); None when fewer than two shapes have a mesh.
     """
-    from models.renderer import occupancy_in_chunks
+    from models.march import occupancy_in_chunks
 
     axis = torch.linspace(-0.5, 0.5, grid + 1)
     lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
@@ -429,7 +430,7 @@ def _generate(
     import yaml
     from PIL import Image
 
-    from data.atomic import atomic_directory
+    from data.atomic import atomic_directory, write_json
     from infer.export import render_turntable, save_mesh, save_turntable
     from infer.guidance import Guide, PromptSchedule
     from infer.stage2 import run_stage2
@@ -502,6 +503,8 @@ def _generate(
             finally:
                 bar.close()
             times["stage2_s"] = result.seconds
+            sample_label = f"sample {k}: " if samples > 1 else ""
+            warnings_seen += [sample_label + w for w in result.warnings]
             c_after = result.latent_after
             save_latent(
                 target / LATENT_FILE,
@@ -526,8 +529,7 @@ def _generate(
                 for suffix in ("glb", "ply"):
                     save_mesh(mesh, target / f"mesh.{suffix}")
             else:
-                where = f"sample {k}: " if samples > 1 else ""
-                warn(f"{where}the shape is empty (no surface); no mesh written")
+                warn(f"{sample_label}the shape is empty (no surface); no mesh written")
             times["mesh_write_s"] = time.perf_counter() - t0 - times["mesh_s"]
 
             t0 = time.perf_counter()
@@ -579,6 +581,7 @@ def _generate(
                 "clip_score_after": score_after,
                 "clip_score_per_step": [h["clip_score"] for h in result.history],
                 "history": result.history,
+                "warnings": result.warnings,
                 "mesh": mesh_info,
                 "latent_norm": float(c_after.norm()),
                 "timings": times,
@@ -587,7 +590,7 @@ def _generate(
             latents.append(c_after)
             vertices.append(mesh.vertices)
             if samples > 1:
-                _write_json(target / "report.json", {"prompt": prompt, **entry})
+                write_json(target / "report.json", {"prompt": prompt, **entry})
 
         div = None
         if samples > 1:
@@ -614,7 +617,7 @@ def _generate(
             "results": results,
             "timings": timings,
         }
-        _write_json(folder / "report.json", report)
+        write_json(folder / "report.json", report)
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if command:
             (folder / "command.txt").write_text(command + "\n")
@@ -629,8 +632,9 @@ def _score(clip_model, frames: np.ndarray, text: torch.Tensor) -> float:
     return clip_score(clip_model, images, text)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+def warning_suffix(warnings: list[str]) -> str:
+    """``warnings`` for the end of a summary line: "; warning: <text>" each ("" for none)."""
+    return "".join(f"; warning: {w}" for w in warnings)
 
 
 def _summary(out: Path, results: list[dict[str, Any]], div: dict[str, Any] | None) -> None:
@@ -640,6 +644,7 @@ def _summary(out: Path, results: list[dict[str, Any]], div: dict[str, Any] | Non
         print(
             f"wrote {where} ({files}turntable.gif, views.png, report.json): CLIP score "
             f"{r['clip_score_before']:.4f} -> {r['clip_score_after']:.4f}"
+            f"{warning_suffix(r['warnings'])}"
         )
     if div is not None:
         chamfer = div["mean_pairwise_chamfer"]

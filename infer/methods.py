@@ -239,13 +239,15 @@ class ShapeRequest:
 class GeneratedShape:
     """A method's result: ``field`` (occupancy + rgb) conditioned on ``latent`` (1, D) (None
     for an unconditional field); ``history`` the optimisation records (stage 2), ``info``
-    extra facts for the report."""
+    extra facts for the report, ``warnings`` stage 2's
+    (:attr:`infer.stage2.Stage2Result.warnings`)."""
 
     field: Any
     latent: torch.Tensor | None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 class MethodContext:
@@ -336,6 +338,7 @@ def _iss(model_key: str, no_bg2: bool = False):
             result.history,
             {"latent_norm_before": float(result.latent_before.norm())},
             result.seconds,
+            result.warnings,
         )
 
     return run
@@ -358,7 +361,9 @@ def _no_stage1(ctx: MethodContext, req: ShapeRequest) -> GeneratedShape:
     fresh = fresh.to(ctx.device).eval()
     guide = ctx.guide(req.prompt, ctx.stage2.guidance)
     result = run_stage2(fresh, model.decoder, guide, ctx.stage2, req.generator, perturb=req.perturb)
-    return GeneratedShape(model.decoder, result.latent_after, result.history, {}, result.seconds)
+    return GeneratedShape(
+        model.decoder, result.latent_after, result.history, {}, result.seconds, result.warnings
+    )
 
 
 def _ei_d(ctx: MethodContext, req: ShapeRequest) -> GeneratedShape:
@@ -377,7 +382,12 @@ def _pure_clip(ctx: MethodContext, req: ShapeRequest) -> GeneratedShape:
         start.to(ctx.device), voxels, guide, pc.stage2, req.generator, perturb=req.perturb
     )
     return GeneratedShape(
-        voxels, result.latent_after, result.history, {"grid": pc.grid}, result.seconds
+        voxels,
+        result.latent_after,
+        result.history,
+        {"grid": pc.grid},
+        result.seconds,
+        result.warnings,
     )
 
 

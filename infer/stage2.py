@@ -17,12 +17,18 @@ A lean PyTorch loop (no Lightning). From a stage-1 model (:func:`infer.stage1.lo
 
 The CLIP score of a step is the mean cosine between the stage-1 CLIP embeddings of that
 step's un-augmented renders and the plain (unperturbed) text feature of the prompt.
+
+A step whose loss, CLIP score or gradients are not finite (NaN or infinite) is skipped: no
+optimiser update, the reason in its history record (``"skipped"``), never kept by
+``keep: best``, and counted in the result's warnings (:func:`skipped_warnings`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -35,20 +41,33 @@ from data.errors import UserError
 from infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
 from infer.view_sampling import CameraConfig, Views, sample_views
 from models.mapper import Mapper, perturb_feature
-from models.renderer import ImplicitField, MarchConfig, Renderer, cube_interval
+from models.march import ImplicitField, MarchConfig, cube_interval
+from models.renderer import Renderer
 
 __all__ = [
+    "SKIP_REASONS",
     "DiversityConfig",
     "GuidedLoss",
     "PhaseClock",
     "RenderedViews",
     "Stage2Config",
     "Stage2Result",
+    "guarded_step",
     "guided_loss",
     "make_augmenter",
+    "parameters_changed",
     "render_views",
     "run_stage2",
+    "skip_reason",
+    "skipped_warnings",
 ]
+
+#: Why a step was skipped (its record's ``"skipped"``) -> how :func:`skipped_warnings` says it.
+SKIP_REASONS = {
+    "non-finite loss": "a non-finite loss",
+    "non-finite CLIP score": "a non-finite CLIP score",
+    "non-finite gradients": "non-finite gradients",
+}
 
 
 @dataclass
@@ -83,15 +102,16 @@ class Stage2Config(StrictConfig):
         views: views rendered per step, m (10).
         resolution: render side in pixels (90; CLIP resizes to its input size).
         lr, betas: Adam on the mapper (1e-4).
-        march: the renderer's :class:`models.renderer.MarchConfig` (n_steps 128, 8 secant steps).
+        march: the renderer's :class:`models.march.MarchConfig` (n_steps 128, 8 secant steps).
         pixel_convention: "center" (our renders) or "dvr".
         cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
         guidance: losses, prompts, augmentations, ensemble (:class:`GuidanceConfig`).
         diversity: tau_1 / tau_2 (:class:`DiversityConfig`).
         keep: which mapper the loop returns: "last" (after the final step, the official
             code's) or "best" (an addition of ours: the one whose renders had the highest
-            guidance CLIP score among the steps with a non-empty render; with a learning rate
-            that suits most prompts, some thin shapes otherwise vanish in the last steps).
+            guidance CLIP score among the steps with a non-empty render and a finite loss and
+            score; with a learning rate that suits most prompts, some thin shapes otherwise
+            vanish in the last steps).
     """
 
     CONFIG_NAME: ClassVar[str] = "stage2 config"
@@ -155,7 +175,8 @@ def render_views(
     """Render one latent ``c`` (1, c_dim) from every camera of ``views`` in one batch of rays.
 
     Only rays that meet the padded cube are marched (the rest show white, the colour stage 1
-    trains the decoder-drawn background to): for distant cameras most rays miss the cube.
+    trains the decoder-drawn background to): for distant cameras most rays miss the cube. With
+    ``outside_cube: march`` (DVR's convention) every ray is marched.
     """
     v, h, w = len(views), resolution, resolution
     world, camera, scale = views.world_mat, views.camera_mat, views.scale_mat
@@ -165,13 +186,16 @@ def render_views(
         xy.expand(v, -1, -1), world.to(device), camera.to(device), scale.to(device)
     )
     t_near, t_far = cube_interval(origins, dirs, 0.5 + padding / 2)
-    index = (t_far > t_near).reshape(-1).nonzero().squeeze(1)
+    marched = t_far > t_near
+    if renderer.cfg.outside_cube == "march":  # DVR: rays that miss the cube are marched too
+        marched = torch.ones_like(marched)
+    index = marched.reshape(-1).nonzero().squeeze(1)
     out = renderer.render_rays(
         field, c, origins.reshape(-1, 3)[index][None], dirs.reshape(-1, 3)[index][None], "field"
     )
     n = v * h * w
     rgb = torch.ones(n, 3, device=device, dtype=out.rgb.dtype).index_put((index,), out.rgb[0])
-    fg_rays = (out.hits.hit | out.hits.inside_start)[0]
+    fg_rays = out.hits.mask[0]
     foreground = torch.zeros(n, dtype=torch.bool, device=device).index_put((index,), fg_rays)
     background = torch.zeros(n, dtype=torch.bool, device=device).index_put((index,), ~fg_rays)
     rgb = rgb.reshape(v, h * w, 3)
@@ -291,6 +315,65 @@ class PhaseClock:
             torch.cuda.synchronize(self.device)
 
 
+# -- non-finite steps -----------------------------------------------------------------------------
+
+
+def skip_reason(loss: torch.Tensor, score: float) -> str | None:
+    """Why a step with this scalar ``loss`` and CLIP ``score`` must be skipped (a key of
+    :data:`SKIP_REASONS`: "non-finite loss" or "non-finite CLIP score"), or None."""
+    if not bool(torch.isfinite(loss.detach())):
+        return "non-finite loss"
+    if not math.isfinite(score):
+        return "non-finite CLIP score"
+    return None
+
+
+def guarded_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    reason: str | None,
+    lap: Callable[[str], None] | None = None,
+) -> str | None:
+    """One optimiser step on the scalar ``loss`` unless it is skipped: when ``reason`` (from
+    :func:`skip_reason`) is given, or when the gradients are not all finite ("non-finite
+    gradients"). A skipped step leaves the parameters, their gradients (None) and the
+    optimiser's state as they were. ``lap`` (a :class:`PhaseClock`'s) is called with
+    "backward" and "optimizer", skipped or not. Returns the reason the step was skipped, or
+    None."""
+    optimizer.zero_grad(set_to_none=True)
+    if reason is None:
+        loss.backward()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        finite = [torch.isfinite(g).all() for g in grads if g is not None]
+        if finite and not bool(torch.stack(finite).all()):
+            optimizer.zero_grad(set_to_none=True)
+            reason = "non-finite gradients"
+    if lap is not None:
+        lap("backward")
+    if reason is None:
+        optimizer.step()
+    if lap is not None:
+        lap("optimizer")
+    return reason
+
+
+def parameters_changed(before: list[torch.Tensor], after: list[torch.Tensor]) -> bool:
+    """Whether any of the tensors ``after`` differs from its copy in ``before``."""
+    return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def skipped_warnings(label: str, history: list[dict[str, Any]]) -> list[str]:
+    """One warning per reason steps of a loop's ``history`` were skipped (the records'
+    ``"skipped"``), e.g. "stage 2: 10 of 10 steps had a non-finite loss and were skipped"
+    for ``label`` "stage 2"."""
+    counts = Counter(r["skipped"] for r in history if r["skipped"] is not None)
+    return [
+        f"{label}: {n} of {len(history)} steps had {SKIP_REASONS[reason]} and "
+        f"{'was' if n == 1 else 'were'} skipped"
+        for reason, n in counts.items()
+    ]
+
+
 # -- the loop -----------------------------------------------------------------------------------
 
 
@@ -302,12 +385,16 @@ class Stage2Result:
     mapper_input: (1, D) the feature fed to M (f_T, perturbed by tau_1 when diversity is on).
     latent_before: (1, c_dim) M_stage1(f); latent_after: (1, c_dim) M_tuned(f). Detached.
     history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "seconds",
-        "evaluations_per_pixel"}`` (decoder points per rendered pixel) and the phase seconds
+        "evaluations_per_pixel", "skipped"}`` (decoder points per rendered pixel; why the
+        step made no update, a key of :data:`SKIP_REASONS`, or None) and the phase seconds
         when timed.
     perturbed: whether the input and target were perturbed.
     seconds: wall time of the loop.
     kept_step: the step whose mapper was kept (``keep: best``): its renders' score is the
-        best; None: the mapper after the last step (``keep: last``, or every render empty).
+        best; None: the mapper after the last step (``keep: last``, or no step with a
+        non-empty render and a finite loss and score).
+    warnings: what went wrong, one line each: skipped steps (:func:`skipped_warnings`) and
+        "stage 2 left the shape unchanged" when the returned mapper is the stage-1 one.
     """
 
     mapper: Mapper
@@ -318,6 +405,7 @@ class Stage2Result:
     perturbed: bool
     seconds: float
     kept_step: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def run_stage2(
@@ -371,6 +459,7 @@ def run_stage2(
         t0 = time.perf_counter()
         if clock is not None:
             clock.start()
+        lap = clock.lap if clock is not None else None
         views = sample_views(cfg.cameras, cfg.views, generator)
         c = tuned(f_in)
         out = guided_loss(
@@ -384,19 +473,14 @@ def run_stage2(
             cfg.resolution,
             cfg.march.padding,
             cfg.pixel_convention,
-            lap=clock.lap if clock is not None else None,
+            lap=lap,
         )
-        better = best is None or out.score > best[0]
-        if cfg.keep == "best" and better and bool(out.rendered.foreground.any()):
+        skipped = skip_reason(out.total, out.score)
+        candidate = skipped is None and bool(out.rendered.foreground.any())
+        if cfg.keep == "best" and candidate and (best is None or out.score > best[0]):
             # the mapper that made these renders, before this step's update
             best = (out.score, step, {k: v.clone() for k, v in tuned.state_dict().items()})
-        optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        if clock is not None:
-            clock.lap("backward")
-        optimizer.step()
-        if clock is not None:
-            clock.lap("optimizer")
+        skipped = guarded_step(optimizer, out.total, skipped, lap)
         record = {
             "step": step,
             "clip_score": out.score,
@@ -405,6 +489,7 @@ def run_stage2(
             "loss_bg": float(out.loss_bg.detach()),
             "seconds": time.perf_counter() - t0,
             "evaluations_per_pixel": out.rendered.evaluations / out.rendered.rgb[:, 0].numel(),
+            "skipped": skipped,
         }
         if clock is not None:
             record.update({f"{name}_s": value for name, value in clock.seconds.items()})
@@ -416,6 +501,9 @@ def run_stage2(
     tuned.eval().requires_grad_(False)
     with torch.no_grad():
         latent_after = tuned(f_in).detach()
+    warnings = skipped_warnings("stage 2", history)
+    if not parameters_changed(list(mapper.parameters()), list(tuned.parameters())):
+        warnings.append("stage 2 left the shape unchanged")
     return Stage2Result(
         mapper=tuned,
         mapper_input=f_in.detach(),
@@ -425,4 +513,5 @@ def run_stage2(
         perturbed=perturb,
         seconds=time.perf_counter() - start,
         kept_step=None if best is None else best[1],
+        warnings=warnings,
     )

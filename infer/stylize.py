@@ -16,7 +16,9 @@ Each step renders ``views`` random views (:func:`infer.stage2.guided_loss`, the 
 renderer and guidance), puts a random solid background colour behind every view (the preset's
 ``guidance.augment.background: random``) and takes the loss over *all* views (the official
 texture code resets its loss inside the view loop, so only its last view counts). L_bg
-(``guidance.lambda_bg``) keeps the decoder-drawn background white, as stage 1 trained it.
+(``guidance.lambda_bg``) keeps the decoder-drawn background white, as stage 1 trained it. A
+step whose loss, CLIP score or gradients are not finite is skipped and counted in the
+warnings, as in stage 2 (:func:`infer.stage2.guarded_step`).
 
 The run folder of ``iss3d generate`` holds ``latent.pt`` (:func:`save_latent`): the final
 latent c, the stage-1 checkpoint and the CLIP model it used. ``iss3d stylize RUN_DIR STYLE``
@@ -54,7 +56,8 @@ from infer.generate import ExportConfig
 from infer.guidance import AugmentConfig, GuidanceConfig, Guide
 from infer.view_sampling import CameraConfig
 from models.decoder import BranchedDecoder, Decoder, split_branches
-from models.renderer import ImplicitField, MarchConfig, Renderer, occupancy_in_chunks
+from models.march import ImplicitField, MarchConfig, occupancy_in_chunks
+from models.renderer import Renderer
 
 __all__ = [
     "LATENT_FILE",
@@ -130,7 +133,7 @@ class StyleConfig:
         views: views rendered per step, all of them in the loss.
         resolution: render side in pixels.
         lr, betas: Adam on the tuned decoder parameters.
-        march: the renderer's :class:`models.renderer.MarchConfig`.
+        march: the renderer's :class:`models.march.MarchConfig`.
         pixel_convention: "center" or "dvr".
         cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
         guidance: the CLIP guidance (:class:`infer.guidance.GuidanceConfig`); the default
@@ -377,14 +380,19 @@ class StylizeResult:
         in texture mode, a :class:`models.decoder.Decoder` in shape+texture mode.
     mode: the mode run.
     history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "loss_prior",
-        "seconds"}`` (loss_prior 0 in texture mode).
+        "seconds", "skipped"}`` (loss_prior 0 in texture mode; skipped: why the step made no
+        update, a key of :data:`infer.stage2.SKIP_REASONS`, or None).
     seconds: wall time of the loop.
+    warnings: what went wrong, one line each: skipped steps
+        (:func:`infer.stage2.skipped_warnings`) and "stylize left the shape and its colours
+        unchanged" when no tuned parameter moved.
     """
 
     decoder: nn.Module
     mode: str
     history: list[dict[str, Any]]
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
 
 def _trainable(decoder: Decoder, mode: str) -> tuple[nn.Module, list[nn.Parameter]]:
@@ -426,7 +434,14 @@ def run_stylize(
         renderer: the renderer (default: :class:`Renderer` with ``cfg.march``).
         callback: called with each step's record (progress bars).
     """
-    from infer.stage2 import guided_loss, make_augmenter
+    from infer.stage2 import (
+        guarded_step,
+        guided_loss,
+        make_augmenter,
+        parameters_changed,
+        skip_reason,
+        skipped_warnings,
+    )
     from infer.view_sampling import sample_views
 
     mode = mode or cfg.mode
@@ -435,6 +450,7 @@ def run_stylize(
     decoder.eval().requires_grad_(False)
     c = c.detach()
     tuned, params = _trainable(decoder, mode)
+    initial = [p.detach().clone() for p in params]
     shape_mode = mode == "shape+texture"
     surface = torch.zeros(0, 3)
     if shape_mode and cfg.lambda_prior > 0 and cfg.prior.near_surface > 0:
@@ -465,9 +481,7 @@ def run_stylize(
             points = _prior_points(surface, cfg.prior, half, generator, device)
             loss_prior = prior_loss(tuned, decoder, c, points, cfg.prior.target)
             total = total + cfg.lambda_prior * loss_prior
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        skipped = guarded_step(optimizer, total, skip_reason(total, out.score))
         record = {
             "step": step,
             "clip_score": out.score,
@@ -476,12 +490,16 @@ def run_stylize(
             "loss_bg": float(out.loss_bg.detach()),
             "loss_prior": float(loss_prior.detach()),
             "seconds": time.perf_counter() - t0,
+            "skipped": skipped,
         }
         history.append(record)
         if callback is not None:
             callback(record)
     tuned.eval().requires_grad_(False)
-    return StylizeResult(tuned, mode, history, time.perf_counter() - start)
+    messages = skipped_warnings("stylize", history)
+    if not parameters_changed(initial, params):
+        messages.append("stylize left the shape and its colours unchanged")
+    return StylizeResult(tuned, mode, history, time.perf_counter() - start, messages)
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -577,18 +595,18 @@ def _stylize(
     import yaml
     from PIL import Image
 
-    from data.atomic import atomic_directory
+    from data.atomic import atomic_directory, write_json
     from infer.export import render_turntable, save_mesh, save_turntable
     from infer.generate import (
         _Progress,
         _score,
-        _write_json,
         choose_device,
         device_info,
         resolve_models,
         versions,
         views_sheet,
         warn,
+        warning_suffix,
     )
     from infer.guidance import PromptSchedule
     from models.clip import load_clip
@@ -658,6 +676,7 @@ def _stylize(
         finally:
             bar.close()
         timings["stylize_s"] = result.seconds
+        warnings_seen += result.warnings
         tuned = result.decoder
 
         t0 = time.perf_counter()
@@ -760,7 +779,7 @@ def _stylize(
             "mesh": mesh_info,
             "timings": timings,
         }
-        _write_json(folder / "report.json", report)
+        write_json(folder / "report.json", report)
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if command:
             (folder / "command.txt").write_text(command + "\n")
@@ -769,6 +788,6 @@ def _stylize(
         f"wrote {out} ({'mesh.glb/.ply, ' if mesh_info['written'] else ''}turntable.gif, "
         f"views.png, report.json): CLIP score for {style!r} {scores['clip_score_before']:.4f} "
         f"-> {scores['clip_score_after']:.4f}, IoU to the initial shape {iou:.3f}, colour "
-        f"change {change}"
+        f"change {change}{warning_suffix(result.warnings)}"
     )
     return 0

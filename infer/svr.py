@@ -16,8 +16,9 @@ from data.reader import MultiViewFile
 from models.checkpoints import load_prefixed, safe_load
 from models.decoder import Decoder
 from models.encoder import check_images
+from models.march import MarchConfig
 from models.metrics import depth_l1, mask_iou, occupancy_iou
-from models.renderer import MarchConfig, Renderer
+from models.renderer import Renderer
 from train.svr import SVRConfig
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -95,13 +94,14 @@ def _export(args) -> int:
     import torch
     from PIL import Image
 
-    from data.atomic import atomic_directory
+    from data.atomic import atomic_directory, write_json
     from data.errors import UserError
     from data.reader import MultiViewFile
     from infer.export import render_turntable, save_mesh, save_turntable
     from infer.svr import image_tensor, load_svr
+    from models.march import MarchConfig
     from models.mesh import MeshConfig, extract_mesh
-    from models.renderer import MarchConfig, Renderer
+    from models.renderer import Renderer
 
     if args.resolution < 8 or args.turntable_views <= 0:
         raise UserError("--resolution must be at least 8 and --turntable-views positive")
@@ -149,6 +149,6 @@ def _export(args) -> int:
             "vertices": len(mesh.vertices),
             "faces": len(mesh.faces),
         }
-        (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_json(folder / "info.json", info)
     print(f"wrote {args.out} (mesh.ply/.obj/.glb, turntable.png/.gif, {len(mesh.faces)} faces)")
     return 0

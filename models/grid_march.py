@@ -1,22 +1,28 @@
 """A fast marcher with the reference's answer: a coarse occupancy grid skips empty space.
 
-The reference (:func:`models.renderer.march`) evaluates the decoder at all ``n_steps`` samples
-of every ray. Most of them lie in empty space. This marcher
+The reference (:func:`models.march.march`) evaluates the decoder at all ``n_steps`` samples of
+every ray. Most of them lie in empty space. This marcher
 
 1. evaluates the decoder once per latent on a ``grid``^3 lattice over the padded cube (shared by
-   every ray of that latent: all the views of a stage-2 step when they are passed as one batch
-   element), and flags the cells that may hold surface: a corner logit above ``-margin``,
-   dilated by one cell; the lattice itself is built coarse to fine (``grid_levels``): a lattice
-   of half the side first, then only the points in its flagged cells;
+   every ray of that latent: all the views of one latent are marched as one batch element),
+   and flags the cells that may hold surface: a corner logit above ``-margin``, dilated by one
+   cell. The lattice is built coarse to fine (``grid_levels``): a lattice of half the side
+   first, then its flagged cells at full resolution, grown until every neighbour of a lattice
+   point above ``-margin`` is known, so that a surface the coarse level found is found whole;
 2. walks the reference's samples without the decoder, keeping those whose cell (or whose next
-   sample's cell) is flagged;
+   sample's cell) is flagged, and every sample outside the lattice (``outside_cube: march``);
 3. evaluates the decoder at the kept samples in order, ``window`` at a time per ray, and stops a
-   ray at its first outside -> inside crossing; samples it skips count as outside;
-4. refines hits with the same secant steps as the reference, on the hitting rays only.
+   ray at its first outside -> inside crossing between two evaluated samples; an evaluated
+   inside sample whose predecessor was skipped sends the march back to evaluate it, so a
+   crossing is never taken against a sample whose logit is unknown;
+4. refines hits with the same secant steps as the reference (:func:`models.march.secant_depth`),
+   on the hitting rays only.
 
-When the grid is conservative (no sample with a non-negative logit lies in an unflagged cell),
-the first crossing, and so the depth, is the reference's exactly; ``margin`` and the dilation
-make that hold in practice, and tests and ``bench/`` measure the agreement on trained decoders.
+Every depth it returns is finite on a hit, and a crossing it finds is a crossing of the
+reference's samples. When the grid is conservative (no sample with a non-negative logit lies in
+an unflagged cell), the first crossing, and so the depth, is the reference's exactly; ``margin``,
+the dilation and the growth make that hold on the cases tests and ``bench/`` measure (trained and
+random decoders, thin parts).
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.renderer import ImplicitField, MarchConfig, MarchResult, cube_interval
+from models.march import (
+    ImplicitField,
+    MarchConfig,
+    MarchResult,
+    first_crossing,
+    march_depth,
+    ray_samples,
+    secant_depth,
+)
 
 __all__ = ["candidate_cells", "grid_march", "lattice_logits"]
 
@@ -37,13 +51,16 @@ def lattice_logits(
     chunk: int,
     margin: float = 0.0,
     levels: int = 1,
+    like: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Occupancy logits on a ``side``^3 lattice of [-half, half]^3, coarse to fine.
 
     With ``levels`` > 1 the lattice of side ``(side + 1) // 2`` is computed first (itself in
-    ``levels - 1`` levels), and only the points inside its :func:`candidate_cells` at twice the
-    ``margin`` are evaluated; the others are set to -inf (no cell containing them can be a
-    candidate at any margin). ``levels`` = 1 evaluates every point.
+    ``levels - 1`` levels) and only the points inside its :func:`candidate_cells` at twice the
+    ``margin`` are evaluated; then, until none is left, every unevaluated lattice neighbour
+    (26-neighbourhood) of an evaluated point with a logit above ``-margin`` is evaluated too.
+    Points never evaluated are set to -inf. ``levels`` = 1 evaluates every point. The lattice
+    takes the device and dtype of ``like`` (default: ``c``'s, else the field's parameters').
 
     Returns:
         ((B, side, side, side) logits, index [b, i, j, k] at (x_i, y_j, z_k), x_i =
@@ -51,7 +68,9 @@ def lattice_logits(
         c is None).
     """
     b = 1 if c is None else c.shape[0]
-    axis = torch.linspace(-half, half, side, device=_device(field, c), dtype=_dtype(field, c))
+    if like is None:
+        like = c if c is not None else next(iter(field.parameters()))
+    axis = torch.linspace(-half, half, side, device=like.device, dtype=like.dtype)
     lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
     points = lattice.reshape(1, -1, 3).expand(b, -1, -1)
     coarse_side = (side + 1) // 2
@@ -62,12 +81,19 @@ def lattice_logits(
         )
         return logits.reshape(b, side, side, side), logits.numel()
     # Logits change twice as much across a cell twice as wide: the coarse lattice's margin doubles.
-    coarse, spent = lattice_logits(field, c, coarse_side, half, chunk, 2 * margin, levels - 1)
+    coarse, spent = lattice_logits(field, c, coarse_side, half, chunk, 2 * margin, levels - 1, like)
     selected = _cell_flags(candidate_cells(coarse, 2 * margin), points, half)
-    bi, ni, values = _evaluate_selected(field, c, points, selected, chunk)
     logits = torch.full((b, side**3), -torch.inf, device=points.device, dtype=points.dtype)
-    logits[bi, ni] = values
-    return logits.reshape(b, side, side, side), spent + len(values)
+    evaluated = torch.zeros_like(selected)
+    while bool(selected.any()):
+        bi, ni, values = _evaluate_selected(field, c, points, selected, chunk)
+        logits[bi, ni] = values
+        evaluated |= selected
+        spent += len(values)
+        busy = (logits > -margin).reshape(b, 1, side, side, side).float()
+        near = F.max_pool3d(busy, kernel_size=3, stride=1, padding=1).reshape(b, -1) > 0
+        selected = near & ~evaluated
+    return logits.reshape(b, side, side, side), spent
 
 
 def candidate_cells(logits: torch.Tensor, margin: float) -> torch.Tensor:
@@ -85,24 +111,14 @@ def candidate_cells(logits: torch.Tensor, margin: float) -> torch.Tensor:
     return F.max_pool3d(busy, kernel_size=3, stride=1, padding=1).squeeze(1) > 0
 
 
-def _device(field, c) -> torch.device:
-    if c is not None:
-        return c.device
-    return next(iter(field.parameters())).device
-
-
-def _dtype(field, c) -> torch.dtype:
-    if c is not None:
-        return c.dtype
-    return next(iter(field.parameters())).dtype
-
-
 def _cell_flags(cells: torch.Tensor, points: torch.Tensor, half: float) -> torch.Tensor:
-    """Look up (B, N, 3) points in (B, C, C, C) cell flags -> (B, N) bool."""
+    """Look up (B, N, 3) points in (B, C, C, C) cell flags -> (B, N) bool; points outside
+    [-half, half]^3 are flagged (the lattice cannot rule them out)."""
     n_cells = cells.shape[-1]
     idx = ((points + half) / (2 * half) * n_cells).floor().long().clamp(0, n_cells - 1)
     flat = (idx[..., 0] * n_cells + idx[..., 1]) * n_cells + idx[..., 2]
-    return cells.reshape(cells.shape[0], -1).gather(1, flat)
+    outside = (points.abs() > half).any(dim=-1)
+    return cells.reshape(cells.shape[0], -1).gather(1, flat) | outside
 
 
 def _evaluate_selected(
@@ -111,15 +127,16 @@ def _evaluate_selected(
     points: torch.Tensor,
     selected: torch.Tensor,
     chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits at the selected points only.
 
     Args:
         points: (B, N, 3). selected: (B, N) bool.
 
     Returns:
-        (batch index (K,), point index (K,), logits (K,)), K = selected.sum(); each batch
-        element's points are evaluated as one padded (B, max count, 3) call.
+        (batch index (K,), point index (K,), logits (K,) in the points' dtype (autocast may
+        decode in a lower one)), K = selected.sum(); each batch element's points are evaluated
+        as one padded (B, max count, 3) call.
     """
     bi, ni = selected.nonzero(as_tuple=True)
     counts = selected.sum(dim=1)
@@ -134,7 +151,42 @@ def _evaluate_selected(
     logits = torch.cat(
         [field.occupancy(padded[:, i : i + step], c) for i in range(0, k_max, step)], dim=1
     )
-    return bi, ni, logits[bi, slot]
+    return bi, ni, logits[bi, slot].to(points.dtype)
+
+
+class _Samples:
+    """The logits of one march's samples, filled in as they are evaluated.
+
+    points: (B, R * S, 3); f: (B, R, S) logits (-inf until evaluated); evaluated: (B, R, S).
+    """
+
+    def __init__(self, field, c, points: torch.Tensor, shape: tuple[int, int, int], chunk: int):
+        self.field, self.c, self.points, self.chunk = field, c, points, chunk
+        self.f = torch.full(shape, -torch.inf, device=points.device, dtype=points.dtype)
+        self.evaluated = torch.zeros(shape, dtype=torch.bool, device=points.device)
+        self.spent = 0
+
+    def evaluate(self, chosen: torch.Tensor) -> None:
+        """Evaluate the (B, R, S) ``chosen`` samples that are not evaluated yet."""
+        chosen = chosen & ~self.evaluated
+        b = chosen.shape[0]
+        bi, ni, logits = _evaluate_selected(
+            self.field, self.c, self.points, chosen.reshape(b, -1), self.chunk
+        )
+        self.f.view(b, -1)[bi, ni] = logits
+        self.evaluated |= chosen
+        self.spent += len(logits)
+
+    def backtrack(self) -> None:
+        """Until none is left, evaluate the unevaluated predecessor of every evaluated inside
+        sample (the grid skipped a sample it should not have: walk back to the real crossing)."""
+        while True:
+            orphan = torch.zeros_like(self.evaluated)
+            orphan[..., :-1] = self.evaluated[..., 1:] & (self.f[..., 1:] >= 0)
+            orphan &= ~self.evaluated
+            if not bool(orphan.any()):
+                return
+            self.evaluate(orphan)
 
 
 @torch.no_grad()
@@ -148,68 +200,56 @@ def grid_march(
     """The reference march's result with far fewer decoder evaluations.
 
     Args:
-        field: occupancy field. c: (B, c_dim) latents (or None).
+        field: occupancy field. c: (B, c_dim) latents, or (1, c_dim) (or None) for one field
+            seen by every row: then all rows are marched as one batch element with one lattice.
         origins, dirs: (B, R, 3) object-frame rays (ray parameter = camera depth).
-        cfg: the reference settings (``n_steps``, ``n_secant``, ``padding``, ``chunk``) and
-            the grid's (``grid``, ``margin``, ``window``).
+        cfg: the reference settings (``n_steps``, ``n_secant``, ``padding``, ``chunk``,
+            ``outside_cube``, ``depth_range``) and the grid's (``grid``, ``margin``,
+            ``window``, ``grid_levels``).
 
     Returns:
-        :class:`models.renderer.MarchResult`; ``evaluations`` counts the lattice, the
-        searched samples and the secant steps.
+        :class:`models.march.MarchResult`; ``evaluations`` counts the lattice, the searched
+        samples and the secant steps.
     """
     b, r = origins.shape[:2]
+    if b > 1 and (c is None or c.shape[0] == 1):
+        flat = grid_march(field, c, origins.reshape(1, b * r, 3), dirs.reshape(1, b * r, 3), cfg)
+        return flat.reshape(b, r)
     s = cfg.n_steps
-    half = 0.5 + cfg.padding / 2
-    t_near, t_far = cube_interval(origins, dirs, half)
-    valid = t_far > t_near
-    lattice, evaluations = lattice_logits(
-        field, c, cfg.grid, half, cfg.chunk, cfg.margin, cfg.grid_levels
+    t, marched, t_end = ray_samples(origins, dirs, cfg)
+    lattice, lattice_spent = lattice_logits(
+        field, c, cfg.grid, cfg.half, cfg.chunk, cfg.margin, cfg.grid_levels, like=origins
     )
     cells = candidate_cells(lattice, cfg.margin)
-
-    steps = torch.linspace(0.0, 1.0, s, device=origins.device, dtype=origins.dtype)
-    t = t_near.unsqueeze(-1) + (t_far - t_near).clamp(min=0).unsqueeze(-1) * steps  # (B, R, S)
     points = (origins.unsqueeze(-2) + t.unsqueeze(-1) * dirs.unsqueeze(-2)).reshape(b, r * s, 3)
-    flagged = _cell_flags(cells, points, half).reshape(b, r, s) & valid.unsqueeze(-1)
+    flagged = _cell_flags(cells, points, cfg.half).reshape(b, r, s) & marched.unsqueeze(-1)
     # A crossing (k, k + 1) needs f[k + 1] >= 0, so sample k + 1 is flagged: keep k too.
     needed = flagged.clone()
     needed[..., :-1] |= flagged[..., 1:]
     rank = torch.cumsum(needed, dim=-1) - 1  # order of the needed samples along each ray
     n_needed = needed.sum(dim=-1)
 
-    f = torch.full((b, r, s), -torch.inf, device=origins.device, dtype=origins.dtype)
-    active = valid & (n_needed > 0)
+    samples = _Samples(field, c, points, (b, r, s), cfg.chunk)
+    active = marched & (n_needed > 0)
     window = 0
     while bool(active.any()):
         lo = window * cfg.window
-        chosen = needed & active.unsqueeze(-1) & (rank >= lo) & (rank < lo + cfg.window)
-        bi, ni, logits = _evaluate_selected(field, c, points, chosen.reshape(b, r * s), cfg.chunk)
-        f.view(b, r * s)[bi, ni] = logits
-        evaluations += len(logits)
-        crossed = ((f[..., :-1] < 0) & (f[..., 1:] >= 0)).any(dim=-1)
-        starts_inside = f[..., 0] >= 0
+        samples.evaluate(needed & active.unsqueeze(-1) & (rank >= lo) & (rank < lo + cfg.window))
+        samples.backtrack()
+        inside_start, hit, _ = first_crossing(samples.f, marched, samples.evaluated)
         window += 1
-        active = active & ~crossed & ~starts_inside & (n_needed > window * cfg.window)
+        active = active & ~hit & ~inside_start & (n_needed > window * cfg.window)
 
-    inside_start = valid & (f[..., 0] >= 0)
-    crossing = (f[..., :-1] < 0) & (f[..., 1:] >= 0)
-    hit = valid & ~inside_start & crossing.any(dim=-1)
-    first = crossing.float().argmax(dim=-1, keepdim=True)
-    t_lo, t_hi = t.gather(-1, first).squeeze(-1), t.gather(-1, first + 1).squeeze(-1)
-    f_lo, f_hi = f.gather(-1, first).squeeze(-1), f.gather(-1, first + 1).squeeze(-1)
-    for _ in range(cfg.n_secant):
-        t_mid = t_lo - f_lo * (t_hi - t_lo) / (f_hi - f_lo).clamp(min=1e-12)
-        mid_points = origins + torch.where(hit, t_mid, 0.0).unsqueeze(-1) * dirs
-        bi, ri, f_sel = _evaluate_selected(field, c, mid_points, hit, cfg.chunk)
-        f_mid = torch.zeros_like(t_lo)
-        f_mid[bi, ri] = f_sel
-        evaluations += len(f_sel)
-        outside = f_mid < 0
-        t_lo, f_lo = torch.where(outside, t_mid, t_lo), torch.where(outside, f_mid, f_lo)
-        t_hi, f_hi = torch.where(outside, t_hi, t_mid), torch.where(outside, f_hi, f_mid)
-    t_surface = t_lo - f_lo * (t_hi - t_lo) / (f_hi - f_lo).clamp(min=1e-12)
+    f = samples.f
+    inside_start, hit, first = first_crossing(f, marched, samples.evaluated)
 
-    depth = torch.full_like(t_near, float("inf"))
-    depth = torch.where(hit, t_surface, depth)
-    depth = torch.where(inside_start, torch.zeros_like(depth), depth)
-    return MarchResult(depth, hit, inside_start, t_near, t_far, evaluations)
+    def evaluate(p: torch.Tensor, rays: torch.Tensor) -> tuple[torch.Tensor, int]:
+        bi, ri, values = _evaluate_selected(field, c, p, rays, cfg.chunk)
+        out = torch.zeros(p.shape[:2], device=p.device, dtype=p.dtype)
+        out[bi, ri] = values
+        return out, len(values)
+
+    t_surface, secant_spent = secant_depth(evaluate, origins, dirs, t, f, first, hit, cfg.n_secant)
+    depth = march_depth(inside_start, hit, t_surface)
+    evaluations = lattice_spent + samples.spent + secant_spent
+    return MarchResult(depth, hit, inside_start, t[..., 0], t_end, evaluations)

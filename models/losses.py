@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from models.renderer import ImplicitField, surface_normals
+from models.march import ImplicitField
+from models.renderer import surface_normals
 
 
 def rgb_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

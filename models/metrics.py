@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from models.renderer import ImplicitField, occupancy_in_chunks
+from models.march import ImplicitField, occupancy_in_chunks
 
 __all__ = ["depth_l1", "iou", "mask_iou", "occupancy_iou"]
 

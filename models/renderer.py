@@ -1,87 +1,24 @@
 """Differentiable rendering of an occupancy/colour field along camera rays, DVR's way.
 
-The reference marcher samples ``n_steps`` depths per ray inside the ray's intersection with the
-padded unit cube, finds the first outside -> inside sign change of the occupancy logit, refines
-it with secant steps, all without gradients. The depth then gets its gradient by implicit
-differentiation (:class:`ImplicitDepth`): on the surface f(o + d w) = 0, so
+A march (:mod:`models.march`, or the faster :mod:`models.grid_march` with the same answer)
+finds each ray's first surface crossing without gradients. The depth then gets its gradient by
+implicit differentiation (:class:`ImplicitDepth`): on the surface f(o + d w) = 0, so
 ``dd/dtheta = -(df/dtheta) / (grad_p f . w)``.
 
-A field is anything with ``occupancy(points, c) -> (B, N)`` logits (inside > 0) and
-``rgb(points, c) -> (B, N, 3)`` in [0, 1], points (B, N, 3) in the object frame, c (B, c_dim).
+Silhouette convention, everywhere (renders, losses, metrics): a ray meets the object when it
+crosses the surface or starts inside it (:attr:`RayHits.mask`, finite depth), and the pixel
+shows the field's colour there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from data.cameras import pixel_coords, rays
-from data.errors import UserError
-
-
-class ImplicitField(Protocol):
-    def occupancy(self, points: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor: ...
-
-    def rgb(self, points: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor: ...
-
-
-def occupancy_and_rgb(
-    field: ImplicitField, points: torch.Tensor, c: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, 3) points -> (B, N) occupancy logits and (B, N, 3) colours, in one decoder pass
-    when the field has ``occupancy_and_rgb`` (the decoders do), else by its two methods."""
-    both = getattr(field, "occupancy_and_rgb", None)
-    if both is not None:
-        return both(points, c)
-    return field.occupancy(points, c), field.rgb(points, c)
-
-
-MARCH_METHODS = ("dense", "grid")
-
-
-@dataclass
-class MarchConfig:
-    """Settings of the marchers.
-
-    n_steps: samples per ray (DVR: 16 -> 128 during training, 128 at test).
-    n_secant: secant refinement steps. padding: the unit cube is padded by this (half side
-    0.5 + padding / 2). chunk: points per decoder call. min_grad: |grad f . w| is clamped to at
-    least this in the implicit gradient (DVR: 1e-3).
-    method: ``"dense"``, the reference (the decoder at every sample), or ``"grid"``
-        (:func:`models.grid_march.grid_march`: the same samples, but only those a coarse
-        occupancy grid cannot rule out; pays off when many rays share a latent).
-    grid: lattice side of the grid method. margin: a grid cell is searched when a corner logit
-    exceeds -margin. window: samples evaluated per ray and round by the grid method.
-    grid_levels: the lattice is evaluated coarse to fine in this many levels, each of half the
-        side of the next (1: every lattice point).
-    """
-
-    n_steps: int = 128
-    n_secant: int = 8
-    padding: float = 0.1
-    chunk: int = 65536
-    min_grad: float = 1e-3
-    method: str = "dense"
-    grid: int = 48
-    margin: float = 1.0
-    window: int = 4
-    grid_levels: int = 2
-
-    def __post_init__(self) -> None:
-        if self.method not in MARCH_METHODS:
-            raise UserError(
-                f"march config: 'method' must be one of {MARCH_METHODS}, got {self.method!r}"
-            )
-        if self.n_steps < 2 or self.n_secant < 0 or self.chunk < 1 or self.padding < 0:
-            raise UserError(
-                "march config: n_steps >= 2, n_secant >= 0, chunk >= 1 and padding >= 0 are needed"
-            )
-        if self.grid < 2 or self.window < 1 or self.margin < 0 or self.grid_levels < 1:
-            raise UserError(
-                "march config: grid >= 2, window >= 1, margin >= 0 and grid_levels >= 1 are needed"
-            )
+from models.grid_march import grid_march
+from models.march import ImplicitField, MarchConfig, MarchResult, march
 
 
 @dataclass
@@ -90,11 +27,13 @@ class RayHits:
 
     depth: (B, R) camera-space depth of the first surface crossing; 0 where the ray starts
         inside the object, inf where it misses. Differentiable where ``hit`` (implicit gradient).
-    hit: (B, R) bool, a surface crossing was found. inside_start: (B, R) bool.
+    hit: (B, R) bool, a surface crossing was found. inside_start: (B, R) bool, the ray's first
+        sample is inside the object (depth 0).
     points: (B, R, 3) object-frame points whose colour the pixel shows: the surface point
-        where ``hit`` (differentiable), the cube entry where ``inside_start``, else the point
-        where the ray leaves the padded cube (colour of a decoder-drawn background; a point on
-        the ray outside the cube for rays that miss it).
+        where ``hit`` (differentiable), the first sample where ``inside_start`` (the cube entry,
+        where the ray meets the object), else the point where the ray leaves the padded cube
+        (colour of a decoder-drawn background; a point on the ray outside the cube for rays
+        that miss it).
     evaluations: decoder point evaluations spent (for benchmarks).
     """
 
@@ -103,6 +42,12 @@ class RayHits:
     inside_start: torch.Tensor
     points: torch.Tensor
     evaluations: int
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, R) bool: the ray meets the object (a surface crossing or a start inside), i.e.
+        ``isfinite(depth)``: the silhouette convention of every render, loss and metric."""
+        return self.hit | self.inside_start
 
 
 class ImplicitDepth(torch.autograd.Function):
@@ -124,85 +69,17 @@ class ImplicitDepth(torch.autograd.Function):
         return None, -grad_depth / grad_dot_dir, None
 
 
-def cube_interval(
-    origins: torch.Tensor, dirs: torch.Tensor, half: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ray parameters where rays enter and leave the cube [-half, half]^3.
-
-    origins, dirs: (..., 3). Returns t_near, t_far (...); t_near is clamped to >= 0 and
-    t_far < t_near where the ray misses the cube.
-    """
-    safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
-    t1, t2 = (-half - origins) / safe, (half - origins) / safe
-    t_near = torch.minimum(t1, t2).amax(dim=-1).clamp(min=0)
-    t_far = torch.maximum(t1, t2).amin(dim=-1)
-    return t_near, t_far
-
-
-def occupancy_in_chunks(
-    field: ImplicitField, c: torch.Tensor | None, points: torch.Tensor, chunk: int
-) -> torch.Tensor:
-    """Occupancy logits of (B, N, 3) points in chunks along N -> (B, N)."""
-    b, n = points.shape[:2]
-    step = max(1, chunk // max(b, 1))
-    return torch.cat(
-        [field.occupancy(points[:, i : i + step], c) for i in range(0, n, step)], dim=1
-    )
-
-
-@dataclass
-class MarchResult:
-    """depth, hit, inside_start as in :class:`RayHits`; t_near, t_far (B, R): the ray's padded-cube
-    interval (t_far < t_near where it misses the cube); evaluations: decoder points spent."""
-
-    depth: torch.Tensor
-    hit: torch.Tensor
-    inside_start: torch.Tensor
-    t_near: torch.Tensor
-    t_far: torch.Tensor
-    evaluations: int
-
-
-@torch.no_grad()
-def march(
+def run_march(
     field: ImplicitField,
     c: torch.Tensor | None,
     origins: torch.Tensor,
     dirs: torch.Tensor,
     cfg: MarchConfig,
 ) -> MarchResult:
-    """Reference march without gradients. origins, dirs: (B, R, 3)."""
-    b, r = origins.shape[:2]
-    half = 0.5 + cfg.padding / 2
-    t_near, t_far = cube_interval(origins, dirs, half)
-    valid = t_far > t_near
-    steps = torch.linspace(0.0, 1.0, cfg.n_steps, device=origins.device, dtype=origins.dtype)
-    t = t_near.unsqueeze(-1) + (t_far - t_near).clamp(min=0).unsqueeze(-1) * steps  # (B, R, S)
-    points = origins.unsqueeze(-2) + t.unsqueeze(-1) * dirs.unsqueeze(-2)
-    f = occupancy_in_chunks(field, c, points.reshape(b, r * cfg.n_steps, 3), cfg.chunk).reshape(
-        b, r, cfg.n_steps
-    )
-    evaluations = b * r * cfg.n_steps
-
-    inside_start = valid & (f[..., 0] >= 0)
-    crossing = (f[..., :-1] < 0) & (f[..., 1:] >= 0)
-    hit = valid & ~inside_start & crossing.any(dim=-1)
-    first = crossing.float().argmax(dim=-1, keepdim=True)  # first True (0 when none)
-    t_lo, t_hi = t.gather(-1, first).squeeze(-1), t.gather(-1, first + 1).squeeze(-1)
-    f_lo, f_hi = f.gather(-1, first).squeeze(-1), f.gather(-1, first + 1).squeeze(-1)
-    for _ in range(cfg.n_secant):
-        t_mid = t_lo - f_lo * (t_hi - t_lo) / (f_hi - f_lo).clamp(min=1e-12)
-        f_mid = occupancy_in_chunks(field, c, origins + t_mid.unsqueeze(-1) * dirs, cfg.chunk)
-        outside = f_mid < 0
-        t_lo, f_lo = torch.where(outside, t_mid, t_lo), torch.where(outside, f_mid, f_lo)
-        t_hi, f_hi = torch.where(outside, t_hi, t_mid), torch.where(outside, f_hi, f_mid)
-    evaluations += b * r * cfg.n_secant
-    t_surface = t_lo - f_lo * (t_hi - t_lo) / (f_hi - f_lo).clamp(min=1e-12)
-
-    depth = torch.full_like(t_near, float("inf"))
-    depth = torch.where(hit, t_surface, depth)
-    depth = torch.where(inside_start, torch.zeros_like(depth), depth)
-    return MarchResult(depth, hit, inside_start, t_near, t_far, evaluations)
+    """The march ``cfg.method`` names, without gradients: the reference
+    (:func:`models.march.march`) or the grid march (:func:`models.grid_march.grid_march`)."""
+    marcher = grid_march if cfg.method == "grid" else march
+    return marcher(field, c, origins, dirs, cfg)
 
 
 def trace_surface(
@@ -217,12 +94,7 @@ def trace_surface(
 
     origins, dirs: (B, R, 3) object frame; dirs scaled so that the ray parameter is camera depth.
     """
-    if cfg.method == "grid":
-        from models.grid_march import grid_march
-
-        m = grid_march(field, c, origins, dirs, cfg)
-    else:
-        m = march(field, c, origins, dirs, cfg)
+    m = run_march(field, c, origins, dirs, cfg)
     hit, depth, evaluations = m.hit, m.depth, m.evaluations
     safe_depth = torch.where(hit, depth, torch.zeros_like(depth))
     needs_grad = torch.is_grad_enabled() and (
@@ -246,7 +118,8 @@ def trace_surface(
             evaluations += hit.numel()
             d = ImplicitDepth.apply(safe_depth, logits, grad_dot.detach())
             depth_out = torch.where(hit, d, depth)
-    shown = torch.where(hit, depth_out, torch.where(m.inside_start, m.t_near, m.t_far.clamp(min=0)))
+    exit_t = m.t_end.clamp(min=0)
+    shown = torch.where(hit, depth_out, torch.where(m.inside_start, m.t_start, exit_t))
     points = origins + shown.unsqueeze(-1) * dirs
     return RayHits(
         depth=depth_out,
@@ -277,9 +150,9 @@ class RenderedRays:
 
 
 class Renderer:
-    """Reference renderer: rays in, colours and depths out.
+    """Rays in, colours and depths out, with the march ``cfg.method`` names.
 
-    A faster implementation (or a kaolin-backed one) provides the same two methods.
+    Another implementation (a kaolin-backed one) provides the same two methods.
     """
 
     def __init__(self, cfg: MarchConfig | None = None):
@@ -293,11 +166,13 @@ class Renderer:
         dirs: torch.Tensor,
         background: float | torch.Tensor | str = 1.0,
     ) -> RenderedRays:
-        """origins, dirs: (B, R, 3).
+        """origins, dirs: (B, R, 3); c: (B, c_dim), or (1, c_dim) for every row.
 
-        background: the colour of rays that hit nothing: a scalar, a (3,) or (B, 3) colour, or
-        ``"field"`` to let the decoder draw it (its colour where the ray leaves the padded cube;
-        ISS trains this to white with the background loss).
+        Pixels show the field's colour where the ray meets the object (``hits.mask``: at the
+        surface, or at the first sample for a ray that starts inside), and ``background``
+        elsewhere: a scalar, a (3,) or (B, 3) colour, or ``"field"`` to let the decoder draw it
+        (its colour where the ray leaves the padded cube; ISS trains this to white with the
+        background loss).
         """
         hits = trace_surface(field, c, origins, dirs, self.cfg)
         color = field.rgb(hits.points, c)
@@ -309,7 +184,7 @@ class Renderer:
         bg = torch.as_tensor(background, dtype=color.dtype, device=color.device)
         if bg.dim() == 2:  # (B, 3): one colour per batch element
             bg = bg.unsqueeze(1)
-        rgb = torch.where(hits.hit.unsqueeze(-1), color, bg.expand_as(color))
+        rgb = torch.where(hits.mask.unsqueeze(-1), color, bg.expand_as(color))
         return RenderedRays(rgb=rgb, hits=hits)
 
     def render_images(
@@ -324,10 +199,12 @@ class Renderer:
         pixel_convention: str = "center",
         background: float | torch.Tensor | str = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """Full images of B views (one latent each).
+        """Full images of B views: c (B, c_dim), one latent per view, or (1, c_dim) for all.
 
         world_mat, camera_mat, scale_mat: (B, 4, 4). Returns ``rgb`` (B, 3, H, W), ``mask``
-        (B, 1, H, W) float, ``depth`` (B, 1, H, W) (inf off the object), ``evaluations``.
+        (B, 1, H, W) float, 1 where the ray meets the object (:attr:`RayHits.mask`, i.e.
+        finite depth), ``depth`` (B, 1, H, W) (0 where the ray starts inside, inf off the
+        object), ``evaluations``.
         """
         b = world_mat.shape[0]
         xy = pixel_coords(height, width, pixel_convention).to(world_mat.device, world_mat.dtype)
@@ -336,7 +213,7 @@ class Renderer:
         hw = (height, width)
         return {
             "rgb": out.rgb.transpose(1, 2).reshape(b, 3, *hw),
-            "mask": out.hits.hit.float().reshape(b, 1, *hw),
+            "mask": out.hits.mask.float().reshape(b, 1, *hw),
             "depth": out.hits.depth.reshape(b, 1, *hw),
             "evaluations": torch.tensor(out.hits.evaluations),
         }

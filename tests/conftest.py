@@ -15,6 +15,16 @@ TINY_WORLD = SynthConfig(
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skipped (with the reason) where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist every worker gets one torch thread: the workers already fill the
     cores, and oversubscribed threads make small-tensor work several times slower."""

@@ -53,8 +53,9 @@ from data.datamodule import DataConfig
 from data.errors import UserError
 from models import losses as L
 from models.mapper import MapperConfig, mapper_loss, perturb_feature
+from models.march import MarchConfig
 from models.metrics import occupancy_iou
-from models.renderer import MarchConfig, RayHits, Renderer
+from models.renderer import RayHits, Renderer
 from train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
 from train.runs import RunConfig, TrainerConfig
 from train.svr import (
@@ -183,7 +184,7 @@ def background_ray_loss(
         (loss, background share): the scalar loss (0 when no ray misses; a graph to the
         decoder's colour and to ``c``) and the share of background rays.
     """
-    background = ~hits.hit & ~hits.inside_start
+    background = ~hits.mask
     rgb = decoder.rgb(hits.points.detach(), c)
     return L.background_loss(rgb, background), background.float().mean()
 

@@ -39,8 +39,9 @@ from data.reader import MultiViewFile
 from models import losses as L
 from models.decoder import DecoderConfig
 from models.encoder import EncoderConfig
+from models.march import MarchConfig, cube_interval
 from models.metrics import depth_l1, mask_iou, occupancy_iou
-from models.renderer import MarchConfig, RayHits, Renderer, cube_interval, trace_surface
+from models.renderer import RayHits, Renderer, trace_surface
 from train.runs import RunConfig, TrainerConfig
 from train.system import DataSystem
 
@@ -355,7 +356,7 @@ def svr_losses(
             decoder, c, batch["occ_points"], batch["occ_inside"]
         )
     with torch.no_grad():
-        pred_mask = hits.hit | hits.inside_start
+        pred_mask = hits.mask
         stats = {
             "hit_rate": hits.hit.float().mean(),
             "mask_accuracy": (pred_mask == gt_mask).float().mean(),

@@ -1,9 +1,9 @@
-"""``iss3d evaluate`` end to end on tiny models: every method, the report files, resuming,
-shards, bad inputs (one line, exit 2, no results), and the methods' building blocks."""
+"""``iss3d evaluate`` end to end on tiny models: every method, the report files (strict JSON),
+resuming, shards, stage-2 warnings per item, bad inputs (one line, exit 2, no results), and the
+methods' building blocks."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from models.clip import build_open_clip, clip_config, export_checkpoint
 from models.decoder import DecoderConfig
 from models.pointnet import PointNetCls, export_pointnet
 from tests.fixtures.cli import error_line
+from tests.fixtures.nonfinite import poison_renders, strict_json
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 # prompts whose (category, colour) the tiny world has: IoU and colour accuracy get ground truth
@@ -104,7 +105,7 @@ def full_run(models, tiny_world, tmp_path_factory) -> Path:
 
 
 def test_all_methods_run_or_are_skipped_with_reasons(full_run):
-    results = json.loads((full_run / "results.json").read_text())
+    results = strict_json((full_run / "results.json").read_text())
     methods = results["methods"]
     assert list(methods)[:5] == ["full", "no-stage2", "no-stage1", "no-bg2", "pure-clip"]
     ran = [m for m, r in methods.items() if r["status"] == "ok"]
@@ -186,14 +187,14 @@ def test_rerun_skips_finished_items_and_redoes_missing_ones(models, tiny_world, 
     files = sorted((out / "items").rglob("*.npz"))
     before = {f: f.stat().st_mtime_ns for f in files}
     victim = out / ev.Item("no-stage2", PROMPTS[1], 1, 0).relpath
-    kept = json.loads((out / "results.json").read_text())["methods"]["no-stage2"]
+    kept = strict_json((out / "results.json").read_text())["methods"]["no-stage2"]
     victim.unlink()  # as if the run had been interrupted before this item
     assert main(argv(models, tiny_world, out, methods="no-stage2")) == 0
     for f in files:
         if f != victim:
             assert f.stat().st_mtime_ns == before[f], f
     assert victim.is_file()
-    again = json.loads((out / "results.json").read_text())["methods"]
+    again = strict_json((out / "results.json").read_text())["methods"]
     assert list(again) == ["no-stage2"]
     # the remade item gives the same metrics: deterministic on the CPU (timings aside)
     assert {k: v for k, v in again["no-stage2"].items() if k != "seconds"} == {
@@ -212,8 +213,8 @@ def test_shards_split_the_items_and_merge_to_the_same_results(
     assert "run without --shard" in capsys.readouterr().out
     assert len(list((out / "items").rglob("*.npz"))) == 6
     assert main(argv(models, tiny_world, out, methods=methods)) == 0
-    sharded = json.loads((out / "results.json").read_text())["methods"]
-    single = json.loads((full_run / "results.json").read_text())["methods"]
+    sharded = strict_json((out / "results.json").read_text())["methods"]
+    single = strict_json((full_run / "results.json").read_text())["methods"]
     for name in ("full", "no-stage2"):
         for key in ("r_at_1", "judge_score", "iou", "color_acc", "fpd"):
             assert sharded[name][key] == pytest.approx(single[name][key]), (name, key)
@@ -231,11 +232,34 @@ def test_models_for_every_ablation(models, tiny_world, tmp_path):
     texts.write_text("a pink mug\na cyan lamp\n")
     a = argv(models, tiny_world, out, *extra, texts=texts, methods="ei-d,no-bg1,no-bg")
     assert main(a) == 0
-    methods = json.loads((out / "results.json").read_text())["methods"]
+    methods = strict_json((out / "results.json").read_text())["methods"]
     assert [m for m, r in methods.items() if r["status"] == "ok"] == ["ei-d", "no-bg1", "no-bg"]
     nobg1, _ = ev.load_item(out / ev.Item("no-bg1", "a pink mug", 0, 0).relpath)
     nobg, _ = ev.load_item(out / ev.Item("no-bg", "a pink mug", 0, 0).relpath)
     assert nobg1["grid"].shape == nobg["grid"].shape
+
+
+def test_non_finite_stage2_steps_are_warned_per_item(
+    models, tiny_world, tmp_path, monkeypatch, capsys
+):
+    poison_renders(monkeypatch)  # every stage-2 render is NaN; the evaluation renders are not
+    out = tmp_path / "nan"
+    texts = tmp_path / "one.txt"
+    texts.write_text("a pink mug\n")
+    assert main(argv(models, tiny_world, out, texts=texts, methods="full,pure-clip")) == 0
+    expected = [
+        "stage 2: 2 of 2 steps had a non-finite loss and were skipped",
+        "stage 2 left the shape unchanged",
+    ]
+    err = capsys.readouterr().err
+    results = strict_json((out / "results.json").read_text())
+    strict_json((out / "run.json").read_text())
+    for item in results["items"]:
+        assert item["warnings"] == expected and item["guidance_clip_score"] is None
+        _, meta = ev.load_item(out / item["file"])
+        assert meta["clip_score_per_step"] == [None, None]  # the item file's JSON: null, not NaN
+        for text in expected:
+            assert f"iss3d: warning: {item['file']}: {text}" in err
 
 
 # -- bad input: one line, exit 2, no results ------------------------------------------------------
@@ -310,7 +334,7 @@ def test_missing_judge_and_pointnet_skip_their_metrics(models, tiny_world, tmp_p
     a = argv(models, tiny_world, out, judge=False, methods="no-stage2")
     a = [x for i, x in enumerate(a) if x != "--pointnet" and a[i - 1] != "--pointnet"]
     assert main(a) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = strict_json((out / "results.json").read_text())
     info = results["metrics_info"]
     assert "no judge CLIP" in info["r_precision"]["skipped"]
     assert "no PointNet" in info["fpd"]["skipped"]

@@ -8,8 +8,9 @@ from PIL import Image
 
 from data.errors import UserError
 from infer.export import render_turntable, save_mesh, save_turntable
+from models.march import MarchConfig
 from models.mesh import Mesh, MeshConfig, extract_mesh
-from models.renderer import MarchConfig, Renderer
+from models.renderer import Renderer
 from tests.models.test_renderer import SphereField
 
 

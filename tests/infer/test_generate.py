@@ -1,9 +1,9 @@
-"""``iss3d generate``: outputs and report, reproducibility, diverse samples, bad inputs (one
-line, exit 2, nothing written), warnings, and Ctrl-C leaving no half-written files."""
+"""``iss3d generate``: outputs and report (strict JSON), reproducibility, diverse samples, bad
+inputs (one line, exit 2, nothing written), warnings (non-finite stage-2 steps among them), and
+Ctrl-C leaving no half-written files."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from infer.cli import main
 from infer.generate import GenerateConfig, load_generate_config
 from models.clip import build_open_clip, clip_config, export_checkpoint
 from tests.fixtures.cli import error_line
+from tests.fixtures.nonfinite import poison_renders, strict_json
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 CLIP = "clip/tiny-64"
@@ -87,7 +88,7 @@ def test_generate_writes_every_output(stage1, tmp_path, capsys):
     assert set(leftovers(out)) == names
     assert leftovers(tmp_path) == ["chair"]  # no temporary folder left
 
-    report = json.loads((out / "report.json").read_text())
+    report = strict_json((out / "report.json").read_text())
     assert report["prompt"] == "a red chair" and report["seed"] == 3 and report["samples"] == 1
     assert report["clip"] == CLIP and report["stage1"] == str(stage1)
     assert report["device"]["type"] in ("cpu", "cuda")
@@ -126,8 +127,8 @@ def test_same_seed_same_files_and_default_folder(stage1, tmp_path, monkeypatch):
     second = tmp_path / "again"
     for name in ("mesh.glb", "mesh.ply", "turntable.gif", "views.png", "config.yaml"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
-    a = json.loads((first / "report.json").read_text())
-    b = json.loads((second / "report.json").read_text())
+    a = strict_json((first / "report.json").read_text())
+    b = strict_json((second / "report.json").read_text())
     assert without_timings(a) == without_timings(b)
     # another seed: other cameras, another shape
     assert run(stage1, tmp_path / "other", "--seed", "6") == 0
@@ -140,7 +141,7 @@ def test_samples_are_different_shapes(stage1, tmp_path, capsys):
     assert "diversity of 2 samples" in capsys.readouterr().out
     assert set(leftovers(out)) == {"sample_0", "sample_1", "report.json", "config.yaml",
                                    "command.txt"}  # fmt: skip
-    report = json.loads((out / "report.json").read_text())
+    report = strict_json((out / "report.json").read_text())
     div = report["diversity"]
     assert div["pairs"] == 1
     assert 0 <= div["mean_pairwise_iou"] < 0.98
@@ -149,7 +150,7 @@ def test_samples_are_different_shapes(stage1, tmp_path, capsys):
     meshes = [(out / f"sample_{k}" / "mesh.ply").read_bytes() for k in (0, 1)]
     assert meshes[0] != meshes[1]
     for k in (0, 1):
-        sample = json.loads((out / f"sample_{k}" / "report.json").read_text())
+        sample = strict_json((out / f"sample_{k}" / "report.json").read_text())
         assert sample["sample"] == k and sample["prompt"] == "a red chair"
         assert (out / f"sample_{k}" / "turntable.gif").is_file()
 
@@ -256,13 +257,53 @@ def test_long_and_non_latin_prompts_warn_and_run(stage1, tmp_path, capsys):
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("iss3d: warning:")]
     assert len(warnings) == 1 and "only its first 30 tokens are used" in warnings[0]
-    report = json.loads((tmp_path / "long" / "report.json").read_text())
+    report = strict_json((tmp_path / "long" / "report.json").read_text())
     assert report["prompt"] == long_prompt and len(report["warnings"]) == 1
 
     assert run(stage1, tmp_path / "chinese", prompt="一把红色的椅子") == 0
     err = capsys.readouterr().err
     assert "iss3d: warning: the prompt '一把红色的椅子' is mostly non-Latin text" in err
     assert (tmp_path / "chinese" / "mesh.glb").is_file()
+
+
+def test_non_finite_stage2_steps_are_reported(stage1, tmp_path, capsys, monkeypatch):
+    poison_renders(monkeypatch)  # every stage-2 render is NaN; the exports are not touched
+    out = tmp_path / "nan"
+    assert run(stage1, out) == 0
+    expected = [
+        "stage 2: 2 of 2 steps had a non-finite loss and were skipped",
+        "stage 2 left the shape unchanged",
+    ]
+    (summary,) = capsys.readouterr().out.splitlines()
+    assert summary.endswith("".join(f"; warning: {w}" for w in expected)), summary
+    report = strict_json((out / "report.json").read_text())
+    assert report["warnings"] == expected
+    (result,) = report["results"]
+    assert result["warnings"] == expected
+    assert [h["skipped"] for h in result["history"]] == ["non-finite loss"] * 2
+    assert result["clip_score_per_step"] == [None, None]  # null, not NaN
+    assert result["history"][0]["loss"] is None
+    assert result["clip_score_after"] == result["clip_score_before"]
+
+
+def test_non_finite_steps_of_one_sample_are_reported_with_its_number(
+    stage1, tmp_path, capsys, monkeypatch
+):
+    poison_renders(monkeypatch, {0, 1})  # sample 0's two steps; sample 1 runs normally
+    out = tmp_path / "two"
+    assert run(stage1, out, "stage2.keep=last", "--samples", "2") == 0
+    expected = [
+        "stage 2: 2 of 2 steps had a non-finite loss and were skipped",
+        "stage 2 left the shape unchanged",
+    ]
+    report = strict_json((out / "report.json").read_text())
+    assert report["warnings"] == [f"sample 0: {w}" for w in expected]
+    assert [r["warnings"] for r in report["results"]] == [expected, []]
+    sample = strict_json((out / "sample_0" / "report.json").read_text())
+    assert sample["warnings"] == expected and sample["clip_score_per_step"] == [None, None]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wrote {out / 'sample_0'} ") and "; warning: stage 2" in lines[0]
+    assert lines[1].startswith(f"wrote {out / 'sample_1'} ") and "warning" not in lines[1]
 
 
 # -- interrupts ---------------------------------------------------------------------------------
@@ -311,7 +352,7 @@ def test_guidance_knobs_through_the_command(stage1, tmp_path):
     ]
     out = tmp_path / "knobs"
     assert run(stage1, out, *knobs) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = strict_json((out / "report.json").read_text())
     assert report["ensemble"] == [CLIP]
     assert "back view of a red chair" in report["prompts"]
     assert "a photo of a red chair" in report["prompts"]

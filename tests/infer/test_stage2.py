@@ -1,7 +1,10 @@
 """ISS stage 2: camera sampling, batched view rendering, the loop (it raises the CLIP score,
-leaves the stage-1 mapper alone, is reproducible per seed), diversity perturbations, config."""
+leaves the stage-1 mapper alone, is reproducible per seed, skips and reports non-finite steps),
+diversity perturbations, config."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -12,10 +15,18 @@ from data.errors import UserError
 from infer.export import turntable_cameras
 from infer.guidance import Guide, PromptSchedule
 from infer.stage1 import load_stage1
-from infer.stage2 import Stage2Config, render_views, run_stage2
+from infer.stage2 import (
+    Stage2Config,
+    render_views,
+    run_stage2,
+    skip_reason,
+    skipped_warnings,
+)
 from infer.view_sampling import CameraConfig, fixed_views, sample_views
 from models.clip import load_clip
-from models.renderer import MarchConfig, Renderer
+from models.march import MarchConfig
+from models.renderer import Renderer
+from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 CLIP = "clip/tiny-64"
@@ -202,6 +213,87 @@ def test_keep_best_returns_the_mapper_of_the_best_scored_step(stage1, clip):
     torch.testing.assert_close(best.latent_after, expected)
     with pytest.raises(UserError, match="keep"):
         Stage2Config.from_dict({**SMALL, "keep": "first"})
+
+
+def run_small(stage1, clip, **settings):
+    """Stage 2 with :data:`SMALL` and ``settings`` for "a red chair", seed 0."""
+    cfg = Stage2Config.from_dict({**SMALL, **settings})
+    guide = make_guide(clip, "a red chair", cfg)
+    return run_stage2(stage1.mapper, stage1.decoder, guide, cfg, torch.Generator().manual_seed(0))
+
+
+def same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    pairs = zip(a.parameters(), b.parameters(), strict=True)
+    return all(torch.equal(x, y) for x, y in pairs)
+
+
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_non_finite_steps_are_skipped_and_leave_the_mapper_alone(stage1, clip, monkeypatch, keep):
+    poison_renders(monkeypatch)  # every step's renders are NaN
+    with counted_optimizer_steps() as updates:
+        result = run_small(stage1, clip, keep=keep)
+    assert updates == []
+    assert [h["skipped"] for h in result.history] == ["non-finite loss"] * SMALL["steps"]
+    assert all(math.isnan(h["clip_score"]) and math.isnan(h["loss"]) for h in result.history)
+    assert same_parameters(result.mapper, stage1.mapper)
+    assert torch.equal(result.latent_after, result.latent_before)
+    assert result.kept_step is None  # keep: best found no step to keep
+    assert result.warnings == [
+        "stage 2: 6 of 6 steps had a non-finite loss and were skipped",
+        "stage 2 left the shape unchanged",
+    ]
+
+
+def test_finite_steps_still_optimise_between_non_finite_ones(stage1, clip, monkeypatch):
+    poison_renders(monkeypatch, {1, 3})
+    with counted_optimizer_steps() as updates:
+        result = run_small(stage1, clip)
+    assert len(updates) == SMALL["steps"] - 2
+    skipped = [h["skipped"] for h in result.history]
+    assert skipped == [None, "non-finite loss", None, "non-finite loss", None, None]
+    finite = [h["clip_score"] for h in result.history if h["skipped"] is None]
+    assert all(math.isfinite(s) for s in finite) and finite[-1] > finite[0]
+    assert torch.isfinite(result.latent_after).all()
+    assert not torch.equal(result.latent_after, result.latent_before)
+    assert result.warnings == ["stage 2: 2 of 6 steps had a non-finite loss and were skipped"]
+
+
+def test_steps_with_non_finite_gradients_are_skipped(stage1, clip, monkeypatch):
+    poison_renders(monkeypatch, {0}, kind="gradients")
+    with counted_optimizer_steps() as updates:
+        result = run_small(stage1, clip, steps=2)
+    assert len(updates) == 1
+    assert [h["skipped"] for h in result.history] == ["non-finite gradients", None]
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert all(torch.isfinite(p).all() for p in result.mapper.parameters())
+    assert not same_parameters(result.mapper, stage1.mapper)
+    assert result.warnings == ["stage 2: 1 of 2 steps had non-finite gradients and was skipped"]
+
+
+def test_skip_reasons_and_their_warnings():
+    nan, inf = float("nan"), float("inf")
+    assert skip_reason(torch.tensor(0.5), 0.2) is None
+    assert skip_reason(torch.tensor(inf), 0.2) == "non-finite loss"
+    assert skip_reason(torch.tensor(nan), nan) == "non-finite loss"
+    assert skip_reason(torch.tensor(0.5), -inf) == "non-finite CLIP score"
+    history = [{"skipped": r} for r in [None, "non-finite CLIP score", "non-finite loss"] * 2]
+    assert skipped_warnings("stylize", history[:1]) == []
+    assert skipped_warnings("stylize", history) == [
+        "stylize: 2 of 6 steps had a non-finite CLIP score and were skipped",
+        "stylize: 2 of 6 steps had a non-finite loss and were skipped",
+    ]
+
+
+def test_keep_best_ignores_non_finite_steps(stage1, clip, monkeypatch):
+    poison_renders(monkeypatch, {0, 2})  # step 0 is the one a NaN comparison used to keep
+    result = run_small(stage1, clip, keep="best")
+    scores = {h["step"]: h["clip_score"] for h in result.history if h["skipped"] is None}
+    assert sorted(scores) == [1, 3, 4, 5]
+    assert result.kept_step == max(scores, key=scores.__getitem__)
+    # step 1 rendered the stage-1 mapper (step 0 made no update): keeping it changes nothing
+    unchanged = "stage 2 left the shape unchanged" in result.warnings
+    assert unchanged == (result.kept_step == 1)
+    assert unchanged == torch.equal(result.latent_after, result.latent_before)
 
 
 def test_stage2_is_reproducible_per_seed(stage1, clip):

@@ -1,10 +1,10 @@
 """``iss3d stylize``: texture mode leaves the shape exactly as it was and changes colours
 towards the style; shape+texture keeps the shape with the 3D prior and loses it without;
-outputs and report; bad inputs (one line, exit 2, nothing written); Ctrl-C leaves nothing."""
+non-finite steps are skipped and reported; outputs and report (strict JSON); bad inputs (one
+line, exit 2, nothing written); Ctrl-C leaves nothing."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from models.clip import load_clip
 from models.decoder import BranchedDecoder, split_branches
 from models.mesh import MeshConfig, extract_mesh
 from tests.fixtures.cli import error_line
+from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders, strict_json
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 
 CLIP = "clip/tiny-64"
@@ -179,6 +180,41 @@ def test_shape_mode_prior_keeps_the_shape(shape):
     assert free < held - 0.2, (free, held)
 
 
+@pytest.mark.parametrize("mode", ["texture", "shape+texture"])
+def test_non_finite_steps_leave_the_decoder_alone(shape, monkeypatch, mode):
+    model, c, clip = shape
+    cfg = loop_config(steps=3, lr=1e-2, lambda_prior=10.0).stylize
+    guide = Guide([clip], [1.0], PromptSchedule("wooden", cfg.guidance), cfg.guidance)
+    poison_renders(monkeypatch)  # every step's renders are NaN
+    with counted_optimizer_steps() as updates:
+        result = run_stylize(
+            model.decoder, c, guide, cfg, torch.Generator().manual_seed(0), mode=mode
+        )
+    assert updates == []
+    assert [h["skipped"] for h in result.history] == ["non-finite loss"] * 3
+    initial = split_branches(model.decoder) if mode == "texture" else model.decoder
+    pairs = zip(initial.state_dict().values(), result.decoder.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert result.warnings == [
+        "stylize: 3 of 3 steps had a non-finite loss and were skipped",
+        "stylize left the shape and its colours unchanged",
+    ]
+
+
+def test_finite_stylize_steps_still_tune_between_non_finite_ones(shape, monkeypatch):
+    model, c, clip = shape
+    cfg = loop_config(steps=3, lr=1e-2).stylize
+    guide = Guide([clip], [1.0], PromptSchedule("wooden", cfg.guidance), cfg.guidance)
+    poison_renders(monkeypatch, {1})
+    result = run_stylize(model.decoder, c, guide, cfg, torch.Generator().manual_seed(0))
+    assert [h["skipped"] for h in result.history] == [None, "non-finite loss", None]
+    split = split_branches(model.decoder)
+    pairs = zip(split.color_parameters(), result.decoder.color_parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    assert all(torch.isfinite(p).all() for p in result.decoder.parameters())
+    assert result.warnings == ["stylize: 1 of 3 steps had a non-finite loss and was skipped"]
+
+
 def test_prior_loss_is_zero_for_the_same_decoder_and_positive_otherwise(shape):
     model, c, _ = shape
     points = occupancy_lattice(8)
@@ -205,7 +241,7 @@ def test_stylize_writes_every_output(run_dir, tmp_path, capsys):
     assert set(listing(out)) == names
     assert listing(run_dir) == sorted(before + [f"style-wooden/{n}" for n in names] + [out.name])
 
-    report = json.loads((out / "report.json").read_text())
+    report = strict_json((out / "report.json").read_text())
     assert report["style"] == "wooden" and report["mode"] == "texture"
     assert report["prompt"] == "a red chair" and report["run_dir"] == str(run_dir)
     assert report["iou_to_initial"] == 1.0 and report["iou_grid"] == 33
@@ -226,9 +262,26 @@ def test_stylize_writes_every_output(run_dir, tmp_path, capsys):
 
     # shape+texture: its own default folder, the shape may move a little
     assert stylize_cli(run_dir, None, "--mode", "shape+texture", "stylize.steps=4") == 0
-    report = json.loads((run_dir / "style-wooden-shape" / "report.json").read_text())
+    report = strict_json((run_dir / "style-wooden-shape" / "report.json").read_text())
     assert report["mode"] == "shape+texture" and report["iou_to_initial"] >= 0.9
     assert report["history"][-1]["loss_prior"] > 0
+
+
+def test_stylize_reports_non_finite_steps(run_dir, tmp_path, capsys, monkeypatch):
+    poison_renders(monkeypatch)
+    out = tmp_path / "nan"
+    assert stylize_cli(run_dir, out, "stylize.steps=2") == 0
+    expected = [
+        "stylize: 2 of 2 steps had a non-finite loss and were skipped",
+        "stylize left the shape and its colours unchanged",
+    ]
+    (summary,) = capsys.readouterr().out.splitlines()
+    assert summary.endswith("".join(f"; warning: {w}" for w in expected)), summary
+    assert "colour change 0.000" in summary
+    report = strict_json((out / "report.json").read_text())
+    assert report["warnings"] == expected
+    assert report["clip_score_per_step"] == [None, None]  # null, not NaN
+    assert [h["skipped"] for h in report["history"]] == ["non-finite loss"] * 2
 
 
 NOT_WRITTEN = [

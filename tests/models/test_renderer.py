@@ -8,14 +8,8 @@ import torch
 from torch import nn
 
 from data.cameras import intrinsics, look_at, pixel_coords, rays
-from models.renderer import (
-    MarchConfig,
-    Renderer,
-    cube_interval,
-    march,
-    surface_normals,
-    trace_surface,
-)
+from models.march import MarchConfig, cube_interval, march
+from models.renderer import Renderer, surface_normals, trace_surface
 
 
 class SphereField(nn.Module):
@@ -215,3 +209,96 @@ def test_field_drawn_background_is_differentiable():
         "miss colours come from the cube's far side"
     )
     torch.testing.assert_close(out.rgb[miss], torch.sigmoid(p))
+
+
+class ThreePartsField(nn.Module):
+    """A sphere inside the cube, one sticking out of its front face (rays entering the padded
+    cube there start inside) and one wholly outside the cube (x in [0.6, 0.9])."""
+
+    centres = ((0.0, 0.0, 0.0), (0.0, -0.3, 0.45), (0.75, 0.0, 0.0))
+    radii = (0.2, 0.2, 0.15)
+
+    def occupancy(self, points, c):
+        parts = [
+            10 * (r - (points - torch.tensor(p, dtype=points.dtype)).norm(dim=-1))
+            for p, r in zip(self.centres, self.radii, strict=True)
+        ]
+        return torch.stack(parts).amax(dim=0)
+
+    def rgb(self, points, c):
+        return torch.sigmoid(points)
+
+
+def dvr_classification(field, origins, dirs, n_steps=128, depth_range=(0.0, 2.4), padding=0.1):
+    """DVR's classification of each ray, written out ray by ray (im2mesh/dvr/models/
+    depth_function.py): samples evenly over the ray's padded-cube interval, or over depth_range
+    from the camera when it misses the cube; depth 0 when the first sample is occupied, a hit at
+    the first sign change to occupied, else a miss. Returns 'zero' / 'hit' / 'miss' per ray."""
+    half = 0.5 + padding / 2
+    labels = []
+    for o, d in zip(origins[0].numpy(), dirs[0].numpy(), strict=True):
+        t_lo, t_hi = -np.inf, np.inf
+        for axis in range(3):
+            if abs(d[axis]) < 1e-12:
+                if abs(o[axis]) > half:
+                    t_lo, t_hi = np.inf, -np.inf
+                continue
+            a, b = (-half - o[axis]) / d[axis], (half - o[axis]) / d[axis]
+            t_lo, t_hi = max(t_lo, min(a, b)), min(t_hi, max(a, b))
+        t0, t1 = (t_lo, t_hi) if t_hi > t_lo else depth_range
+        t = np.linspace(t0, t1, n_steps)
+        points = torch.tensor(o + t[:, None] * d)[None]
+        f = field.occupancy(points, None)[0].numpy()
+        if f[0] >= 0:
+            labels.append("zero")
+        elif ((f[:-1] < 0) & (f[1:] >= 0)).any():
+            labels.append("hit")
+        else:
+            labels.append("miss")
+    return np.array(labels)
+
+
+@pytest.mark.parametrize("method", ["dense", "grid"])
+def test_outside_cube_march_reproduces_dvr_classification(method):
+    """``outside_cube: march`` classifies rays as DVR does, occupancy outside the cube
+    included; ``skip`` (the default) counts the rays that miss the cube as misses."""
+    (origins, dirs), _, _ = camera_rays(24, 24, eye=(0.0, 0.0, 2.0))
+    field = ThreePartsField()
+    expected = dvr_classification(field, origins, dirs)
+    t_near, t_far = cube_interval(origins, dirs, 0.55)
+    off_cube = (t_far <= t_near)[0].numpy()
+    assert (expected[off_cube] == "hit").sum() > 5, "rays that meet only the outside sphere"
+    assert (expected == "zero").sum() > 5 and (expected == "miss").sum() > 5
+    dvr = march_for(method, field, origins, dirs, outside_cube="march")
+    labels = np.where(dvr.inside_start[0], "zero", np.where(dvr.hit[0], "hit", "miss"))
+    np.testing.assert_array_equal(labels, expected)
+    ours = march_for(method, field, origins, dirs, outside_cube="skip")
+    expected_ours = np.where(off_cube, "miss", expected)
+    labels = np.where(ours.inside_start[0], "zero", np.where(ours.hit[0], "hit", "miss"))
+    np.testing.assert_array_equal(labels, expected_ours)
+
+
+def march_for(method, field, origins, dirs, **kw):
+    from models.renderer import run_march
+
+    return run_march(field, None, origins, dirs, MarchConfig(method=method, grid=24, **kw))
+
+
+def test_the_mask_is_the_rays_that_meet_the_object():
+    """render_images: mask = finite depth (a surface crossing or a start inside), and a ray that
+    starts inside shows the field's colour where it enters the padded cube."""
+    (_, _), wm, cm = camera_rays(24, 24, eye=(0.0, 0.0, 2.0))
+    field = ThreePartsField()
+    out = Renderer(MarchConfig(grid=24, method="grid")).render_images(
+        field, None, wm, cm, torch.eye(4, dtype=torch.float64)[None], 24, 24, background=0.0
+    )
+    mask, depth, rgb = out["mask"][0, 0], out["depth"][0, 0], out["rgb"][0]
+    torch.testing.assert_close(mask, torch.isfinite(depth).to(mask.dtype))
+    zero = depth == 0
+    assert zero.sum() > 5 and (mask[zero] == 1).all()
+    # the entry point of those rays lies on the cube's front face, z = 0.55
+    (origins, dirs), _, _ = camera_rays(24, 24, eye=(0.0, 0.0, 2.0))
+    t_near, _ = cube_interval(origins, dirs, 0.55)
+    entry = (origins + t_near.unsqueeze(-1) * dirs)[0].reshape(24, 24, 3)
+    torch.testing.assert_close(rgb.permute(1, 2, 0)[zero], torch.sigmoid(entry[zero]))
+    assert (rgb[:, mask == 0] == 0).all()

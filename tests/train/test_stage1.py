@@ -3,7 +3,6 @@ the background loss, and loading a stage-1 checkpoint."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from infer.stage1 import load_stage1
 from infer.svr import load_svr
 from models.clip import load_clip
 from models.decoder import Decoder
-from models.renderer import MarchConfig, Renderer, trace_surface
+from models.march import MarchConfig
+from models.renderer import Renderer, trace_surface
 from tests.fixtures.cli import error_line, metrics_rows
+from tests.fixtures.nonfinite import strict_json
 from train import runs
 from train.stage1 import Stage1Config, Stage1System, background_ray_loss
 from train.svr import ray_batch
@@ -123,16 +124,16 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
     report = tmp_path / "eval.json"
     argv = ["eval", "stage1", str(ckpt), "--data", str(tiny_world), "--split", "val"]
     assert main([*argv, "--render-objects", "1", "--n-steps", "8", "--out", str(report)]) == 0
-    result = json.loads(report.read_text())
+    result = strict_json(report.read_text())
     means = result["means"]
     assert result["split"] == "val" and result["objects"] > 0 and result["clip"] == CLIP
     for name in ("iou_svr", "iou_mapper", "iou_text", "bg_whiteness"):
         assert 0 <= means[name] <= 1, name
     assert -1 <= means["cos"] <= 1
-    if means["iou_svr"] > 0:  # a 3-step model may decode nothing: the ratio is then NaN
+    if means["iou_svr"] > 0:  # a 3-step model may decode nothing: no ratio (JSON null) then
         assert means["iou_ratio"] == pytest.approx(means["iou_mapper"] / means["iou_svr"], 1e-5)
     else:
-        assert np.isnan(means["iou_ratio"])
+        assert means["iou_ratio"] is None
 
     # The stage-1 checkpoint alone (+ CLIP) gives the mapper and the fine-tuned decoder.
     svr = load_svr(svr_ckpt)
