@@ -136,7 +136,7 @@ def march_figures(
                 r = renderer.render_rays(field, c, origins, dirs, background=1.0)
             out.update(
                 rgb=r.rgb,
-                mask=r.hits.hit.float(),
+                mask=r.hits.mask.float(),
                 depth=r.hits.depth,
                 evaluations=r.hits.evaluations,
             )

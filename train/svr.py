@@ -75,6 +75,8 @@ class SVRMarchConfig:
         n_secant: secant refinement steps (DVR: 8).
         padding: the unit cube is padded by this (DVR: 0.1).
         chunk: decoder points per call in the march.
+        outside_cube, depth_range: rays that miss the padded cube (``skip``, or ``march`` over
+            ``depth_range`` as DVR): :class:`models.march.MarchConfig`.
     """
 
     n_steps: list[tuple[int, int]] = field(
@@ -83,6 +85,8 @@ class SVRMarchConfig:
     n_secant: int = 8
     padding: float = 0.1
     chunk: int = 65536
+    outside_cube: str = "skip"
+    depth_range: tuple[float, float] = (0.0, 2.4)
 
     def __post_init__(self) -> None:
         sched = self.n_steps
@@ -98,6 +102,7 @@ class SVRMarchConfig:
                 raise UserError(f"march config: n_steps must be >= 2, got {n}")
         if self.n_secant < 0 or self.padding < 0 or self.chunk < 1:
             raise UserError("march config: n_secant, padding must be >= 0 and chunk >= 1")
+        self.march_config(0)  # outside_cube and depth_range are checked there
 
     def n_steps_at(self, step: int) -> int:
         """The scheduled number of march steps at training step ``step``."""
@@ -113,6 +118,8 @@ class SVRMarchConfig:
             n_secant=self.n_secant,
             padding=self.padding,
             chunk=self.chunk,
+            outside_cube=self.outside_cube,
+            depth_range=self.depth_range,
         )
 
 

@@ -298,6 +298,14 @@ def test_march_schedule():
     ]
 
 
+def test_training_march_takes_dvrs_outside_cube_option():
+    m = SVRMarchConfig(outside_cube="march", depth_range=(0.5, 3.0)).march_config(7)
+    assert (m.outside_cube, m.depth_range) == ("march", (0.5, 3.0))
+    assert SVRMarchConfig().march_config(0).outside_cube == "skip"
+    with pytest.raises(UserError, match="outside_cube"):
+        SVRMarchConfig(outside_cube="clip")
+
+
 def test_paper_config_builds_and_steps(tiny_world, tmp_path):
     cfg = runs.load_config(SVRConfig, "svr/paper", [("data.path", str(tiny_world))])
     assert cfg.decoder.hidden == 512 and cfg.decoder.n_blocks == 5
