@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 
@@ -161,8 +162,9 @@ def main(quick: bool = False) -> dict:
         totals: dict[str, float] = {}
         lowest_agreement, depth_error = 1.0, 0.0
         differing_latents = []
-        for label, c in latents:
+        for i, (label, c) in enumerate(latents):
             s = compare(decoder, c, cameras)
+            print(f"{cameras.name} {i + 1}/{len(latents)} {label}", file=sys.stderr, flush=True)
             for key in ("rays", "hits", "nonfinite_grid", "nonfinite_dense", "differing"):
                 totals[key] = totals.get(key, 0) + s[key]
             for key in ("evals_dense", "evals_grid"):
