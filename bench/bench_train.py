@@ -27,13 +27,13 @@ import pytorch_lightning as pl
 import torch
 
 from bench.common import write_result
-from data.datamodule import MultiViewDataModule
-from data.synth.build import SynthConfig, synthesize
-from infer.generate import PRETRAINED_DIR
-from train import runs
-from train.clip import ClipConfig, ClipSystem
-from train.stage1 import Stage1Config, Stage1System
-from train.svr import SVRConfig, SVRSystem
+from iss3d.data.datamodule import MultiViewDataModule
+from iss3d.data.synth.build import SynthConfig, synthesize
+from iss3d.infer.generate import PRETRAINED_DIR
+from iss3d.train import runs
+from iss3d.train.clip import ClipConfig, ClipSystem
+from iss3d.train.stage1 import Stage1Config, Stage1System
+from iss3d.train.svr import SVRConfig, SVRSystem
 
 NAME = "train"
 STAGES = ("svr", "clip", "stage1")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
-from data.errors import UserError
+from iss3d.data.errors import UserError
 
 T = TypeVar("T")
 

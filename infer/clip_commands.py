@@ -42,12 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_clip(args) -> int:
-    from data.atomic import write_json_report
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from infer.svr_commands import pick_device
-    from models.clip import load_clip
-    from train.clip import zero_shot_accuracy
+    from iss3d.data.atomic import write_json_report
+    from iss3d.data.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.svr_commands import pick_device
+    from iss3d.models.clip import load_clip
+    from iss3d.train.clip import zero_shot_accuracy
 
     for name in ("views", "max_objects", "batch_size"):
         value = getattr(args, name)

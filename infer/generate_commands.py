@@ -78,7 +78,7 @@ def typed_command(head: list[str], args: argparse.Namespace, flags: tuple[str, .
 def check_loop_flags(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
     """The numbers of a generate / stylize command line: each of ``positive`` that is set is
     > 0, ``--res`` >= 8, ``--seed`` >= 0, ``--device`` known. Raises UserError."""
-    from data.errors import UserError
+    from iss3d.data.errors import UserError
 
     for name in positive:
         value = getattr(args, name)
@@ -111,10 +111,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 def generate_command(args: argparse.Namespace) -> int:
     """Check the cheap things (numbers, prompt, config) first, then run
-    :func:`infer.generate.generate`."""
+    :func:`iss3d.infer.generate.generate`."""
     check_loop_flags(args, ("steps", "views", "res", "samples"))
 
-    from infer.generate import (
+    from iss3d.infer.generate import (
         check_generation_prompt,
         default_out,
         generate,

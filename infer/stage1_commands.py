@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from infer.clip_commands import _subcommands
+from iss3d.infer.clip_commands import _subcommands
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,10 +34,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_stage1(args) -> int:
-    from data.atomic import write_json_report
-    from data.errors import UserError
-    from infer.stage1_eval import evaluate_stage1
-    from infer.svr_commands import pick_device
+    from iss3d.data.atomic import write_json_report
+    from iss3d.data.errors import UserError
+    from iss3d.infer.stage1_eval import evaluate_stage1
+    from iss3d.infer.svr_commands import pick_device
 
     if args.n_steps < 2 or args.render_objects < 0:
         raise UserError("--n-steps must be at least 2 and --render-objects at least 0")

@@ -49,7 +49,7 @@ def pick_device(name: str):
 
     import torch
 
-    from data.errors import UserError
+    from iss3d.data.errors import UserError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,10 +62,10 @@ def pick_device(name: str):
 
 
 def _eval_svr(args) -> int:
-    from data.atomic import write_json_report
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from infer.svr import evaluate_svr, load_svr
+    from iss3d.data.atomic import write_json_report
+    from iss3d.data.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.svr import evaluate_svr, load_svr
 
     if args.input_views <= 0 or args.n_steps <= 1:
         raise UserError("--input-views must be positive and --n-steps at least 2")
@@ -94,14 +94,14 @@ def _export(args) -> int:
     import torch
     from PIL import Image
 
-    from data.atomic import atomic_directory, write_json
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from infer.export import render_turntable, save_mesh, save_turntable
-    from infer.svr import image_tensor, load_svr
-    from models.march import MarchConfig
-    from models.mesh import MeshConfig, extract_mesh
-    from models.renderer import Renderer
+    from iss3d.data.atomic import atomic_directory, write_json
+    from iss3d.data.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.export import render_turntable, save_mesh, save_turntable
+    from iss3d.infer.svr import image_tensor, load_svr
+    from iss3d.models.march import MarchConfig
+    from iss3d.models.mesh import MeshConfig, extract_mesh
+    from iss3d.models.renderer import Renderer
 
     if args.resolution < 8 or args.turntable_views <= 0:
         raise UserError("--resolution must be at least 8 and --turntable-views positive")

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import config as config_lib
-from data.errors import UserError
+from iss3d.data import config as config_lib
+from iss3d.data.errors import UserError
 
 __all__ = [
     "BranchedDecoder",

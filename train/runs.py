@@ -4,7 +4,7 @@ A training command goes through these steps, in this order, so that a bad config
 file never leaves a run folder behind:
 
 1. :func:`load_config`: YAML (a path, or a name under ``configs/`` such as ``svr/tiny``) ->
-   raw dict -> ``key.sub=value`` overrides -> strict dataclass (``data.config.from_dict``).
+   raw dict -> ``key.sub=value`` overrides -> strict dataclass (``iss3d.data.config.from_dict``).
 2. The stage validates everything else it needs (opens the data file, builds its datasets).
 3. :meth:`RunDir.prepare`: checks the folder (a fresh one, or ``--resume`` with the same config
    except ``trainer.max_steps``), then creates it and writes ``config.yaml`` and ``command.txt``.
@@ -38,14 +38,15 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from data import config as config_lib
-from data.atomic import atomic_output
-from data.errors import UserError
+from iss3d.data import config as config_lib
+from iss3d.data.atomic import atomic_output
+from iss3d.data.errors import UserError
+from iss3d.resources import config_dir
 
 T = TypeVar("T")
 
 #: The repository's ``configs/`` folder (config names such as ``svr/tiny`` resolve here).
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = config_dir()
 
 #: Keys whose value may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"trainer.max_steps"})
@@ -489,7 +490,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     import torch
 
-    from models.precision import native_bfloat16
+    from iss3d.models.precision import native_bfloat16
 
     cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -10,16 +10,16 @@ import pytest
 import torch
 import torchvision
 
-from data import config as config_lib
-from data.errors import UserError
-from models.decoder import (
+from iss3d.data import config as config_lib
+from iss3d.data.errors import UserError
+from iss3d.models.decoder import (
     BranchedDecoder,
     Decoder,
     DecoderConfig,
     ResnetBlockFC,
     split_branches,
 )
-from models.encoder import (
+from iss3d.models.encoder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ConvEncoder,

@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from data.reader import MultiViewFile
-from data.writer import MultiViewWriter
-from infer.cli import main
-from models.clip import load_clip
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.writer import MultiViewWriter
+from iss3d.infer.cli import main
+from iss3d.models.clip import load_clip
+from iss3d.train import runs
+from iss3d.train.clip import ClipConfig, ClipOptimConfig, zero_shot_classes, zero_shot_metrics
 from tests.fixtures.cli import error_line, metrics_rows
-from train import runs
-from train.clip import ClipConfig, ClipOptimConfig, zero_shot_classes, zero_shot_metrics
 
 TINY = [
     "model=tiny-64",

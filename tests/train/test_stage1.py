@@ -13,21 +13,21 @@ import torch
 import yaml
 from PIL import Image
 
-from data.datamodule import MultiViewDataModule
-from data.reader import MultiViewFile
-from data.synth.build import SynthConfig, synthesize
-from infer.cli import main
-from infer.stage1 import load_stage1
-from infer.svr import load_svr
-from models.clip import load_clip
-from models.decoder import Decoder
-from models.march import MarchConfig
-from models.renderer import Renderer, trace_surface
+from iss3d.data.datamodule import MultiViewDataModule
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.synth.build import SynthConfig, synthesize
+from iss3d.infer.cli import main
+from iss3d.infer.stage1 import load_stage1
+from iss3d.infer.svr import load_svr
+from iss3d.models.clip import load_clip
+from iss3d.models.decoder import Decoder
+from iss3d.models.march import MarchConfig
+from iss3d.models.renderer import Renderer, trace_surface
+from iss3d.train import runs
+from iss3d.train.stage1 import Stage1Config, Stage1System, background_ray_loss
+from iss3d.train.svr import ray_batch
 from tests.fixtures.cli import error_line, metrics_rows
 from tests.fixtures.nonfinite import strict_json
-from train import runs
-from train.stage1 import Stage1Config, Stage1System, background_ray_loss
-from train.svr import ray_batch
 
 CLIP = "clip/tiny-64"  # random weights, 128-d features: enough to wire everything up
 

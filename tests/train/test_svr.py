@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 
-from data.datamodule import MultiViewDataModule
-from data.errors import UserError
-from infer.cli import main
-from models.metrics import depth_l1, iou, mask_iou, occupancy_iou
+from iss3d.data.datamodule import MultiViewDataModule
+from iss3d.data.errors import UserError
+from iss3d.infer.cli import main
+from iss3d.models.metrics import depth_l1, iou, mask_iou, occupancy_iou
+from iss3d.train import runs
+from iss3d.train.svr import SVRConfig, SVRMarchConfig, SVRSystem, svr_losses, weighted_total
 from tests.fixtures.cli import error_line, metrics_rows
-from train import runs
-from train.svr import SVRConfig, SVRMarchConfig, SVRSystem, svr_losses, weighted_total
 
 # Small enough for a CPU step in well under a second on the 32 px tiny world.
 TINY = [
@@ -280,9 +280,11 @@ def test_config_names_and_overrides():
 
 def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch):
     assert runs.resolve_precision("16-mixed", "cpu") == "16-mixed"  # as given
-    monkeypatch.setattr("models.precision.native_bfloat16", lambda device: device.type == "cpu")
+    monkeypatch.setattr(
+        "iss3d.models.precision.native_bfloat16", lambda device: device.type == "cpu"
+    )
     assert runs.resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr("models.precision.native_bfloat16", lambda device: False)
+    monkeypatch.setattr("iss3d.models.precision.native_bfloat16", lambda device: False)
     assert runs.resolve_precision("auto", "cpu") == "32-true"
 
 
