@@ -35,11 +35,11 @@ import torch
 
 from bench.bench_render import PROMPTS, SphereDecoder
 from bench.common import target, write_result
+from iss3d.core.config import load_config
 from iss3d.infer.generate import load_generate_config, resolve_models
 from iss3d.infer.guidance import Guide, PromptSchedule
 from iss3d.infer.stage2 import Stage2Config, run_stage2
 from iss3d.models.clip import ClipModel, build_open_clip
-from iss3d.train import runs
 from iss3d.train.stage1 import Stage1Config
 from iss3d.train.svr import SVRConfig
 
@@ -169,8 +169,8 @@ def paper_models(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module
     256-d latents), the decoder (h 512, 5 blocks; with a sphere's occupancy added) and a
     ViT-B-32 CLIP (512-d features)."""
     unused = [("data.path", "unused.h5")]
-    decoder = SphereDecoder(runs.load_config(SVRConfig, "svr/paper", unused).decoder.build())
-    mapper = runs.load_config(Stage1Config, "stage1/paper", unused).mapper.build()
+    decoder = SphereDecoder(load_config(SVRConfig, "svr/paper", unused).decoder.build())
+    mapper = load_config(Stage1Config, "stage1/paper", unused).mapper.build()
     model = build_open_clip(open_clip.get_model_config(PAPER_CLIP))
     tokenizer = open_clip.get_tokenizer(PAPER_CLIP)
     clip = ClipModel(model, tokenizer, f"{PAPER_CLIP} (random weights)", trained=False)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.data.pixels import sample_pixels
 from iss3d.data.reader import MultiViewFile
 from iss3d.data.records import SPLITS, ViewSample

@@ -10,8 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from iss3d.core.errors import UserError
 from iss3d.data import schema
-from iss3d.data.errors import UserError
 from iss3d.data.records import (
     InputViews,
     ObjectRecord,

@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from iss3d.core.errors import UserError
 from iss3d.data import schema
 from iss3d.data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
-from iss3d.data.errors import UserError
 from iss3d.data.reader import check_header, open_h5
 from iss3d.data.records import SPLITS
 

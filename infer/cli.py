@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.infer import (
     checkpoint_commands,
     clip_commands,

@@ -107,7 +107,7 @@ def _check(args) -> int:
 
 
 def _info(args) -> int:
-    from iss3d.data.atomic import json_text
+    from iss3d.core.atomic import json_text
     from iss3d.data.info import format_summary, summarize
     from iss3d.data.reader import MultiViewFile
 
@@ -120,8 +120,8 @@ def _info(args) -> int:
 def _sheet(args) -> int:
     from PIL import Image
 
-    from iss3d.data.atomic import atomic_output
-    from iss3d.data.errors import UserError
+    from iss3d.core.atomic import atomic_output
+    from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
     from iss3d.data.sheet import contact_sheet, pick_objects
 

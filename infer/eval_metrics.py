@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 
 __all__ = [
     "INCEPTION_WEIGHT_FILES",

@@ -43,12 +43,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from iss3d.data.atomic import atomic_output, json_text, write_json
-from iss3d.data.config import StrictConfig
-from iss3d.data.errors import UserError
+from iss3d.core.atomic import atomic_output, json_text, write_json
+from iss3d.core.config import StrictConfig, load_preset
+from iss3d.core.device import resolve_device
+from iss3d.core.errors import UserError
+from iss3d.core.resources import pretrained_dir
 from iss3d.infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
 from iss3d.infer.stage2 import Stage2Config
-from iss3d.resources import pretrained_dir
 
 __all__ = [
     "DEFAULT_JUDGE",
@@ -173,9 +174,7 @@ class EvaluateConfig(StrictConfig):
 def load_evaluate_config(preset: str, overrides: list | tuple = ()) -> EvaluateConfig:
     """A preset name (``configs/evaluate/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly."""
-    from iss3d.train import runs
-
-    return runs.load_preset(EvaluateConfig, "evaluate", preset, overrides)
+    return load_preset(EvaluateConfig, "evaluate", preset, overrides)
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -491,7 +490,7 @@ def check_judge(judge, judge_spec: str, clip, cfg: EvaluateConfig) -> None:
 def prepare(options: EvaluateOptions) -> Prepared:
     """Check and load everything; UserError on the first problem. Writes nothing."""
     from iss3d.data.reader import MultiViewFile
-    from iss3d.infer.generate import choose_device, resolve_models
+    from iss3d.infer.generate import resolve_models
     from iss3d.infer.stage1 import load_stage1
     from iss3d.models.clip import load_clip
     from iss3d.models.pointnet import load_pointnet
@@ -525,7 +524,7 @@ def prepare(options: EvaluateOptions) -> Prepared:
     ):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{path}: no such file ({flag})")
-    device, note = choose_device(o.device)
+    device, note = resolve_device(o.device)
 
     needs = {n for m in methods for n in METHODS[m].needs}
     stage1 = stage1_path = clip = None

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from iss3d.data.atomic import atomic_output, json_ready, json_text
+from iss3d.core.atomic import atomic_output, json_ready, json_text
 from iss3d.infer import eval_metrics as em
 
 __all__ = ["METRICS", "bar_chart", "compute_results", "gallery", "ordering_lines", "write_report"]

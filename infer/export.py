@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import trimesh
 
-from iss3d.data.atomic import atomic_output
+from iss3d.core.atomic import atomic_output
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import intrinsics, look_at, orbit_eyes
-from iss3d.data.errors import UserError
 from iss3d.models.march import ImplicitField
 from iss3d.models.mesh import Mesh
 from iss3d.models.renderer import Renderer

@@ -42,10 +42,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from iss3d.data.config import StrictConfig
-from iss3d.data.errors import UserError
+from iss3d.core.config import StrictConfig, load_preset
+from iss3d.core.device import resolve_device
+from iss3d.core.errors import UserError
+from iss3d.core.resources import pretrained_dir
 from iss3d.infer.stage2 import Stage2Config
-from iss3d.resources import pretrained_dir
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -120,9 +121,7 @@ def load_generate_config(
 ) -> GenerateConfig:
     """A preset name (``configs/generate/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
-    from iss3d.train import runs
-
-    return runs.load_preset(GenerateConfig, "generate", preset, overrides)
+    return load_preset(GenerateConfig, "generate", preset, overrides)
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -156,23 +155,6 @@ def default_out(prompt: str, seed: int) -> Path:
     words = re.findall(r"\w+", unicodedata.normalize("NFKC", prompt).lower())
     slug = "-".join(words)[:_SLUG_CHARS].strip("-") or "prompt"
     return Path("generated") / f"{slug}-seed{seed}"
-
-
-def choose_device(name: str) -> tuple[torch.device, str | None]:
-    """``cpu``, ``cuda`` or ``auto`` -> (device, a note to print when it fell back to the CPU).
-
-    Raises:
-        UserError: another name.
-    """
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {name!r}")
-    if name == "cpu":
-        return torch.device("cpu"), None
-    if torch.cuda.is_available():
-        return torch.device("cuda"), None
-    if name == "cuda":
-        return torch.device("cpu"), "CUDA is not available, running on the CPU"
-    return torch.device("cpu"), "no CUDA device found, running on the CPU"
 
 
 def resolve_models(stage1: Path | None, clip: str | None, device: torch.device):
@@ -431,7 +413,7 @@ def _generate(
     import yaml
     from PIL import Image
 
-    from iss3d.data.atomic import atomic_directory, write_json
+    from iss3d.core.atomic import atomic_directory, write_json
     from iss3d.infer.export import render_turntable, save_mesh, save_turntable
     from iss3d.infer.guidance import Guide, PromptSchedule
     from iss3d.infer.stage2 import run_stage2
@@ -445,7 +427,7 @@ def _generate(
     warnings_seen: list[str] = []
     with atomic_directory(out) as folder:
         t0 = time.perf_counter()
-        dev, note = choose_device(device)
+        dev, note = resolve_device(device)
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
         model, stage1_path, clip_model, clip_spec = resolve_models(stage1, clip, dev)
         if note:

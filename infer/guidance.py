@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.models.clip import ClipModel, RandomResizedCrop
 from iss3d.models.mapper import perturb_feature
 

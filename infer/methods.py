@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iss3d.data import config as config_lib
-from iss3d.data.errors import UserError
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
 from iss3d.infer.guidance import GuidanceConfig, Guide, PromptSchedule
 from iss3d.infer.stage2 import Stage2Config, run_stage2
 from iss3d.models.mapper import perturb_feature

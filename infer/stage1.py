@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.models.checkpoints import load_prefixed, safe_load
 from iss3d.models.decoder import Decoder, DecoderConfig
 from iss3d.models.mapper import Mapper, MapperConfig
@@ -101,14 +101,14 @@ def import_iss_checkpoint(
         UserError: unreadable or not an ISS checkpoint, or a mapper whose input size is not the
             named CLIP's (checked when stage 2 loads it).
     """
-    from iss3d.data.atomic import atomic_output
+    from iss3d.core.atomic import atomic_output
+    from iss3d.core.config import load_config
     from iss3d.models.checkpoints import load_iss_checkpoint
-    from iss3d.train import runs
 
     iss = load_iss_checkpoint(src)
     origin = f"converted from the ISS checkpoint {Path(src).name}"
     m, d = iss.mapper_config, iss.decoder_config
-    config = runs.load_config(
+    config = load_config(
         Stage1Config,
         "stage1/paper",
         [
@@ -117,7 +117,7 @@ def import_iss_checkpoint(
             *((f"mapper.{k}", v) for k, v in vars(m).items()),
         ],
     )
-    svr_config = runs.load_config(
+    svr_config = load_config(
         SVRConfig,
         "svr/paper",
         [

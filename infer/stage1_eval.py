@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.infer.stage1 import load_stage1
 from iss3d.infer.svr import SVRModel
@@ -53,8 +53,8 @@ def evaluate_stage1(
     """
     import pytorch_lightning as pl
 
-    from iss3d.data.datamodule import MultiViewDataModule
     from iss3d.models.clip import load_clip
+    from iss3d.train.datamodule import MultiViewDataModule
     from iss3d.train.stage1 import Stage1System, check_dimensions
 
     device = torch.device(device)

@@ -35,9 +35,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import pixel_coords, rays
-from iss3d.data.config import StrictConfig
-from iss3d.data.errors import UserError
 from iss3d.infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
 from iss3d.infer.view_sampling import CameraConfig, Views, sample_views
 from iss3d.models.mapper import Mapper, perturb_feature

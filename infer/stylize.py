@@ -49,9 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iss3d.data import config as config_lib
-from iss3d.data.config import StrictConfig
-from iss3d.data.errors import UserError
+from iss3d.core import config as config_lib
+from iss3d.core.config import StrictConfig, load_preset
+from iss3d.core.device import resolve_device
+from iss3d.core.errors import UserError
 from iss3d.infer.generate import ExportConfig
 from iss3d.infer.guidance import AugmentConfig, GuidanceConfig, Guide
 from iss3d.infer.view_sampling import CameraConfig
@@ -192,9 +193,7 @@ def load_stylize_config(
 ) -> StylizeConfig:
     """A preset name (``configs/stylize/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
-    from iss3d.train import runs
-
-    return runs.load_preset(StylizeConfig, "stylize", preset, overrides)
+    return load_preset(StylizeConfig, "stylize", preset, overrides)
 
 
 # -- the latent file written by generate ----------------------------------------------------------
@@ -595,12 +594,11 @@ def _stylize(
     import yaml
     from PIL import Image
 
-    from iss3d.data.atomic import atomic_directory, write_json
+    from iss3d.core.atomic import atomic_directory, write_json
     from iss3d.infer.export import render_turntable, save_mesh, save_turntable
     from iss3d.infer.generate import (
         _Progress,
         _score,
-        choose_device,
         device_info,
         resolve_models,
         versions,
@@ -617,7 +615,7 @@ def _stylize(
     warnings_seen: list[str] = []
     with atomic_directory(out) as folder:
         t0 = time.perf_counter()
-        dev, note = choose_device(device)
+        dev, note = resolve_device(device)
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
         stage1_path = Path(stage1) if stage1 is not None else Path(latent["stage1"])
         if stage1 is None and not stage1_path.is_file():

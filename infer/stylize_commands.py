@@ -76,7 +76,7 @@ def command_line(args: argparse.Namespace) -> str:
 def stylize_command(args: argparse.Namespace) -> int:
     """Check the cheap things (numbers, mode, style, config, run folder) first, then run
     :func:`iss3d.infer.stylize.stylize`."""
-    from iss3d.data.errors import UserError
+    from iss3d.core.errors import UserError
     from iss3d.infer.generate_commands import check_loop_flags, flag_overrides
 
     check_loop_flags(args, ("steps", "views", "res"))

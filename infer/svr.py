@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.data.images import composite_over_white, read_image
 from iss3d.data.reader import MultiViewFile
 from iss3d.models.checkpoints import load_prefixed, safe_load

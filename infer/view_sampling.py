@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import DVR_FOCAL, intrinsics, look_at, orbit_eyes
-from iss3d.data.errors import UserError
 
 __all__ = ["CameraConfig", "Views", "fixed_views", "sample_views"]
 

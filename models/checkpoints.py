@@ -67,8 +67,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from iss3d.data.atomic import atomic_output
-from iss3d.data.errors import UserError
+from iss3d.core.atomic import atomic_output
+from iss3d.core.errors import UserError
 from iss3d.models.decoder import Decoder, DecoderConfig
 from iss3d.models.mapper import Mapper, MapperConfig
 

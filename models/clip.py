@@ -50,10 +50,10 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
+from iss3d.core.resources import config_dir
 from iss3d.models.checkpoints import load_state_into, safe_load
 from iss3d.models.encoder import check_images
-from iss3d.resources import config_dir
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -544,7 +544,7 @@ def export_checkpoint(
     ``image_mean``, ``image_std``, ``interpolation``, and ``info`` (e.g. ``trained_on``,
     ``step``; plain values only).
     """
-    from iss3d.data.atomic import atomic_output
+    from iss3d.core.atomic import atomic_output
 
     state = {
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()

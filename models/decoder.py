@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iss3d.data import config as config_lib
-from iss3d.data.errors import UserError
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
 
 __all__ = [
     "BranchedDecoder",

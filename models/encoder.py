@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from iss3d.data import config as config_lib
-from iss3d.data.errors import UserError
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
 from iss3d.models.checkpoints import load_state_into, safe_load
 
 __all__ = [

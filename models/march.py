@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 class ImplicitField(Protocol):

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -215,7 +215,7 @@ def export_pointnet(
 ) -> Path:
     """Save ``model`` as ``{"format": "iss3d-pointnet", "k", "categories", "num_points",
     "state_dict"}`` (TreeGAN key names inside), written atomically."""
-    from iss3d.data.atomic import atomic_output
+    from iss3d.core.atomic import atomic_output
 
     path = Path(path)
     blob = {

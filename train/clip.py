@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from iss3d.data.config import StrictConfig
-from iss3d.data.datamodule import DataConfig
-from iss3d.data.errors import UserError
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.models.clip import (
     ClipModel,
@@ -52,6 +51,7 @@ from iss3d.models.clip import (
     export_checkpoint,
 )
 from iss3d.models.clip import _simple_tokenizer as simple_tokenizer
+from iss3d.train.datamodule import DataConfig
 from iss3d.train.runs import RunConfig, TrainerConfig
 from iss3d.train.system import DataSystem
 
@@ -569,8 +569,8 @@ def fit_clip(
     progress: bool = True,
 ) -> int:
     """Validate the data, prepare the run folder, train, export ``DIR/clip.pt``. Returns 0."""
-    from iss3d.data.datamodule import MultiViewDataModule
     from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     datamodule = MultiViewDataModule(cfg.data)
     datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder

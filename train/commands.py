@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def command_line(stage: FitStage, args: argparse.Namespace) -> str:
 
 def run_fit(stage: FitStage, args: argparse.Namespace) -> int:
     """Config from YAML + flags + overrides, checked; then the stage's ``fit_<name>``."""
-    from iss3d.train import runs
+    from iss3d.core.config import apply_overrides, find_config, read_yaml
 
     module = importlib.import_module(stage.module)
     config_class = getattr(module, stage.config_class)
@@ -152,9 +152,7 @@ def run_fit(stage: FitStage, args: argparse.Namespace) -> int:
             overrides.append((extra.key, str(getattr(args, extra.key))))
     if args.data is not None:
         overrides.append(("data.path", str(args.data)))
-    raw = runs.apply_overrides(
-        runs.read_yaml(runs.find_config(args.config)), overrides, config_class
-    )
+    raw = apply_overrides(read_yaml(find_config(args.config)), overrides, config_class)
     if not isinstance(raw.get("data"), dict) or raw["data"].get("path") in (None, ""):
         raise UserError("no dataset: give --data FILE (or data.path in the config)")
     cfg = config_class.from_dict(raw)

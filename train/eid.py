@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from iss3d.data.config import StrictConfig
-from iss3d.data.datamodule import DataConfig
-from iss3d.data.errors import UserError
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.models.decoder import DecoderConfig
 from iss3d.models.metrics import occupancy_iou
+from iss3d.train.datamodule import DataConfig
 from iss3d.train.runs import RunConfig, TrainerConfig
 from iss3d.train.svr import (
     AdamConfig,
@@ -154,9 +154,9 @@ def fit_eid(
     cfg: EIDConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
 ) -> int:
     """Check the CLIP model, the decoder size and the data; prepare the run folder; train."""
-    from iss3d.data.datamodule import MultiViewDataModule
     from iss3d.models.clip import load_clip
     from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     if not cfg.clip:
         raise UserError("no CLIP model: give --clip SPEC (or clip in the config)")

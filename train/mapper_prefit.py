@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from iss3d.core.errors import UserError
 from iss3d.data.datasets import ViewDataset
-from iss3d.data.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.models.mapper import mapper_loss
 

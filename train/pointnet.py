@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from iss3d.data.config import StrictConfig
-from iss3d.data.errors import UserError
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.models.pointnet import PointNetCls, normalize_clouds
 from iss3d.train.runs import RunConfig, TrainerConfig
 from iss3d.train.svr import AdamConfig

@@ -48,14 +48,14 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from iss3d.data.config import StrictConfig
-from iss3d.data.datamodule import DataConfig
-from iss3d.data.errors import UserError
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.models import losses as L
 from iss3d.models.mapper import MapperConfig, mapper_loss, perturb_feature
 from iss3d.models.march import MarchConfig
 from iss3d.models.metrics import occupancy_iou
 from iss3d.models.renderer import RayHits, Renderer
+from iss3d.train.datamodule import DataConfig
 from iss3d.train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
 from iss3d.train.runs import RunConfig, TrainerConfig
 from iss3d.train.svr import (
@@ -485,10 +485,10 @@ def fit_stage1(
 ) -> int:
     """Validate the SVR checkpoint, the CLIP model, their sizes and the data; prepare the run
     folder and train. Nothing is created before every check has passed. Returns 0."""
-    from iss3d.data.datamodule import MultiViewDataModule
     from iss3d.infer.svr import load_svr
     from iss3d.models.clip import load_clip
     from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     if not cfg.svr:
         raise UserError("no SVR checkpoint: give --svr CKPT (or svr in the config)")

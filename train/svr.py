@@ -31,10 +31,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import rays
-from iss3d.data.config import StrictConfig
-from iss3d.data.datamodule import DataConfig
-from iss3d.data.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.models import losses as L
 from iss3d.models.decoder import DecoderConfig
@@ -42,6 +41,7 @@ from iss3d.models.encoder import EncoderConfig
 from iss3d.models.march import MarchConfig, cube_interval
 from iss3d.models.metrics import depth_l1, mask_iou, occupancy_iou
 from iss3d.models.renderer import RayHits, Renderer, trace_surface
+from iss3d.train.datamodule import DataConfig
 from iss3d.train.runs import RunConfig, TrainerConfig
 from iss3d.train.system import DataSystem
 
@@ -510,8 +510,8 @@ def fit_svr(
     cfg: SVRConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
 ) -> int:
     """Validate the data, prepare the run folder and train. Returns 0."""
-    from iss3d.data.datamodule import MultiViewDataModule
     from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     datamodule = MultiViewDataModule(cfg.data)
     datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import focal_from_fov, intrinsics, is_valid_matrix
-from iss3d.data.errors import UserError
 from iss3d.data.images import composite_over_white, image_size, read_image
 from iss3d.data.records import SPLITS, ObjectRecord
 from iss3d.data.writer import MultiViewWriter

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import is_valid_matrix
-from iss3d.data.errors import UserError
 from iss3d.data.images import (
     DEPTH_BACKGROUND,
     composite_over_white,

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import DVR_FOCAL, intrinsics, look_at, orbit_eyes
-from iss3d.data.errors import UserError
 from iss3d.data.records import ObjectRecord
 from iss3d.data.synth import world
 from iss3d.data.synth.groundtruth import occupancy_samples, surface_samples

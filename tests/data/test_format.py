@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
+from iss3d.core.errors import UserError
 from iss3d.data import schema
 from iss3d.data.cameras import intrinsics, look_at, orbit_eyes
-from iss3d.data.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.data.records import ObjectRecord, OccupancySamples, SurfaceSamples
 from iss3d.data.validate import check_file

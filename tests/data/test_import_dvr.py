@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.data.images import composite_over_white, read_exr_depth, read_image, read_mask
 from iss3d.data.importers.dvr import SHAPENET_SYNSETS, import_dvr
 from iss3d.data.reader import MultiViewFile

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import pixel_coords, rays
-from iss3d.data.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.data.synth import world
 from iss3d.data.synth.build import ObjectPlan, SynthConfig, make_object, plan_objects, synthesize

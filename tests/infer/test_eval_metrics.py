@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.infer import eval_metrics as em
 from iss3d.models.pointnet import PointNetCls
 

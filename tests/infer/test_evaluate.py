@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from iss3d.data import config as config_lib
+from iss3d.core import config as config_lib
 from iss3d.infer import evaluate as ev
 from iss3d.infer.cli import build_parser, main
 from iss3d.infer.methods import METHODS, LatentParameter, VoxelField

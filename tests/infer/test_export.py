@@ -6,7 +6,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.infer.export import render_turntable, save_mesh, save_turntable
 from iss3d.models.march import MarchConfig
 from iss3d.models.mesh import Mesh, MeshConfig, extract_mesh

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iss3d.data.config import from_dict
-from iss3d.data.errors import UserError
+from iss3d.core.config import from_dict
+from iss3d.core.errors import UserError
 from iss3d.infer.guidance import (
     AugmentConfig,
     Augmenter,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import look_at, orbit_eyes
-from iss3d.data.errors import UserError
 from iss3d.infer.export import turntable_cameras
 from iss3d.infer.guidance import Guide, PromptSchedule
 from iss3d.infer.stage1 import load_stage1

@@ -13,7 +13,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.infer.cli import main
 from iss3d.infer.guidance import Guide, PromptSchedule
 from iss3d.infer.stage1 import load_stage1

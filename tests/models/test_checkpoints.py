@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.models.checkpoints import (
     load_dvr_checkpoint,
     map_dvr_key,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.models import clip as clip_lib
 from iss3d.models.clip import ClipModel, RandomResizedCrop, export_checkpoint, load_clip
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from iss3d.core.errors import UserError
 from iss3d.data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
-from iss3d.data.errors import UserError
 from iss3d.models.decoder import Decoder
 from iss3d.models.grid_march import _cell_flags, candidate_cells, grid_march, lattice_logits
 from iss3d.models.march import MarchConfig, march, ray_samples

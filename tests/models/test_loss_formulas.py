@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iss3d.core.config import load_config
 from iss3d.data.cameras import intrinsics, look_at
 from iss3d.infer.guidance import (
     AugmentConfig,
@@ -51,7 +52,6 @@ from iss3d.models import losses as L
 from iss3d.models.mapper import mapper_loss, perturb_feature
 from iss3d.models.march import MarchConfig
 from iss3d.models.renderer import RayHits, Renderer
-from iss3d.train import runs
 from iss3d.train.stage1 import Stage1Config, Stage1LossConfig, Stage1System, background_ray_loss
 from iss3d.train.svr import SVRConfig, SVRLossConfig, svr_losses, weighted_total
 from tests.models.test_renderer import SphereField
@@ -212,7 +212,7 @@ def test_svr_weights_are_dvrs_and_weighted_total_multiplies_each_loss_by_its_lam
     """weighted_total = sum_name lambda_name * loss_name; defaults and svr/paper are DVR's
     weights (rgb 1, depth 10, freespace 1, occupancy 1, normal 0.05)."""
     cfg = SVRLossConfig()
-    paper = runs.load_config(SVRConfig, "svr/paper", [("data.path", str(tmp_path / "x.h5"))])
+    paper = load_config(SVRConfig, "svr/paper", [("data.path", str(tmp_path / "x.h5"))])
     for c in (cfg, paper.loss):
         weights = (c.lambda_rgb, c.lambda_depth, c.lambda_freespace, c.lambda_occupancy)
         assert weights == (1.0, 10.0, 1.0, 1.0) and c.lambda_normal == 0.05
@@ -278,7 +278,7 @@ def test_stage1_paper_weights_l1_by_2000_and_bg_by_30(tmp_path):
     """stage1/paper (the official code): L_M = L1 x 2000 on a noisy input (0.25), L_bg x 30, the
     DVR losses with DVR's weights; weighted_total applies each lambda once."""
     path = [("data.path", str(tmp_path / "x.h5"))]
-    lc = runs.load_config(Stage1Config, "stage1/paper", path).loss
+    lc = load_config(Stage1Config, "stage1/paper", path).loss
     assert (lc.mapper_loss, lc.lambda_mapper, lc.noise_alpha, lc.lambda_bg) == (
         "l1",
         2000.0,

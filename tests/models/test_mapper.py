@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.models.checkpoints import load_iss_checkpoint, map_iss_key
 from iss3d.models.decoder import Decoder
 from iss3d.models.mapper import Mapper, MapperConfig, noisy_input, perturb_feature

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.models.pointnet import (
     PointNetCls,
     export_pointnet,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.models.mapper import MapperConfig
 from iss3d.train.mapper_prefit import MapperPrefitConfig, feature_pairs, prefit_mapper

@@ -11,9 +11,9 @@ from typing import ClassVar
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from iss3d.data.config import StrictConfig
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
 from iss3d.data.datasets import ConcatItems, EpochSampler, ObjectDataset, ViewDataset
-from iss3d.data.errors import UserError
 from iss3d.data.reader import MultiViewFile
 from iss3d.data.records import SPLITS
 

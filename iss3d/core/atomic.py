@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from iss3d.data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 def temporary_sibling(path: Path) -> Path:
