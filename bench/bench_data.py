@@ -32,9 +32,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import rate, target, write_result
-from data.datasets import EpochSampler, ViewDataset
-from data.reader import MultiViewFile
-from data.synth.build import SynthConfig, synthesize
+from iss3d.data.datasets import EpochSampler, ViewDataset
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.synth.build import SynthConfig, synthesize
 
 NAME = "data"
 TARGET_VIEWS_PER_S_64 = 5000.0

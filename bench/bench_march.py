@@ -36,14 +36,14 @@ import torch
 
 from bench.bench_stage2 import make_guide
 from bench.common import target, write_result
-from data.cameras import pixel_coords, rays
-from data.synth.world import CATEGORIES, COLORS
-from infer.evaluate import load_evaluate_config
-from infer.generate import load_generate_config, resolve_models
-from infer.stage2 import run_stage2
-from infer.view_sampling import Views, fixed_views, sample_views
-from models.grid_march import grid_march
-from models.march import MarchConfig, MarchResult, march
+from iss3d.data.cameras import pixel_coords, rays
+from iss3d.data.synth.world import CATEGORIES, COLORS
+from iss3d.infer.evaluate import load_evaluate_config
+from iss3d.infer.generate import load_generate_config, resolve_models
+from iss3d.infer.stage2 import run_stage2
+from iss3d.infer.view_sampling import Views, fixed_views, sample_views
+from iss3d.models.grid_march import grid_march
+from iss3d.models.march import MarchConfig, MarchResult, march
 
 NAME = "march"
 #: Stage-2 steps before the "after" latent is taken.
@@ -213,8 +213,9 @@ def main(quick: bool = False) -> dict:
         "latents_with_differing_rays": worst,
     }
     notes = [
-        "dense: models.march.march (every sample); grid: models.grid_march.grid_march, same"
-        " samples; differing_rays: rays whose hit or inside-start flag differs; max_depth_error:"
+        "dense: iss3d.models.march.march (every sample); grid:"
+        " iss3d.models.grid_march.grid_march, same samples; differing_rays: rays whose hit or"
+        " inside-start flag differs; max_depth_error:"
         " over rays both marchers hit; nonfinite: hit rays whose depth is NaN or inf",
     ]
     if quick:

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from bench.common import target, write_result
-from data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
-from models.decoder import Decoder
-from models.march import MarchConfig
-from models.mesh import MeshConfig, extract_mesh
-from models.renderer import Renderer
+from iss3d.data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
+from iss3d.models.decoder import Decoder
+from iss3d.models.march import MarchConfig
+from iss3d.models.mesh import MeshConfig, extract_mesh
+from iss3d.models.renderer import Renderer
 
 NAME = "render"
 METHODS = ("dense", "grid")
@@ -222,7 +222,7 @@ def shipped_latents(
     """The shipped stage-1 decoder and M(f_T) of ``prompts``: stage 2's first render.
 
     Returns (decoder, (len(prompts), c_dim) latents)."""
-    from infer.generate import resolve_models
+    from iss3d.infer.generate import resolve_models
 
     model, _, clip, _ = resolve_models(None, None, device)
     with torch.no_grad():

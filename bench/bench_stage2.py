@@ -2,12 +2,12 @@
 
 - tiny: ``configs/generate/tiny.yaml`` with the shipped models (``models/pretrained/stage1.ckpt``
   and the ``clip.pt`` beside it, found as ``iss3d generate`` finds them), a few prompts, the
-  preset's steps, :func:`infer.stage2.run_stage2` once with each march method (``dense``, the
+  preset's steps, :func:`iss3d.infer.stage2.run_stage2` once with each march method (``dense``, the
   reference, and ``grid``, the fast one; the preset's is the one with the target), each after a
   one-step warm-up. Seconds per prompt is the loop's own wall time (``Stage2Result.seconds``):
   no model loading, text encoding or export.
-- phases: each step split into the render (the mapper and :func:`infer.stage2.render_views`),
-  the CLIP forward (augmentations, :meth:`infer.guidance.Guide.loss`, the losses), the
+- phases: each step split into the render (the mapper and :func:`iss3d.infer.stage2.render_views`),
+  the CLIP forward (augmentations, :meth:`iss3d.infer.guidance.Guide.loss`, the losses), the
   backward and the optimiser step: ``run_stage2(..., phases=True)`` with the preset's march
   method; the peak memory of a one-step run.
 - paper: ``configs/generate/paper.yaml`` (10 views at 90 px, 128 march steps, 20 steps) with
@@ -35,13 +35,13 @@ import torch
 
 from bench.bench_render import PROMPTS, SphereDecoder
 from bench.common import target, write_result
-from infer.generate import load_generate_config, resolve_models
-from infer.guidance import Guide, PromptSchedule
-from infer.stage2 import Stage2Config, run_stage2
-from models.clip import ClipModel, build_open_clip
-from train import runs
-from train.stage1 import Stage1Config
-from train.svr import SVRConfig
+from iss3d.core.config import load_config
+from iss3d.infer.generate import load_generate_config, resolve_models
+from iss3d.infer.guidance import Guide, PromptSchedule
+from iss3d.infer.stage2 import Stage2Config, run_stage2
+from iss3d.models.clip import ClipModel, build_open_clip
+from iss3d.train.stage1 import Stage1Config
+from iss3d.train.svr import SVRConfig
 
 NAME = "stage2"
 METHODS = ("dense", "grid")
@@ -138,7 +138,7 @@ def phase_figures(
     key: str,
 ) -> dict[str, float]:
     """Phases of stage-2 steps and the peak memory of one, from :func:`run_stage2` with
-    ``phases=True`` (a :class:`infer.stage2.PhaseClock`, CUDA synchronised at each lap).
+    ``phases=True`` (a :class:`iss3d.infer.stage2.PhaseClock`, CUDA synchronised at each lap).
 
     A one-step run measures the peak memory (``<key>_step_peak_cuda_mb`` or
     ``<key>_step_peak_rss_increase_mb``); a ``steps``-step run gives the mean seconds of each
@@ -169,8 +169,8 @@ def paper_models(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module
     256-d latents), the decoder (h 512, 5 blocks; with a sphere's occupancy added) and a
     ViT-B-32 CLIP (512-d features)."""
     unused = [("data.path", "unused.h5")]
-    decoder = SphereDecoder(runs.load_config(SVRConfig, "svr/paper", unused).decoder.build())
-    mapper = runs.load_config(Stage1Config, "stage1/paper", unused).mapper.build()
+    decoder = SphereDecoder(load_config(SVRConfig, "svr/paper", unused).decoder.build())
+    mapper = load_config(Stage1Config, "stage1/paper", unused).mapper.build()
     model = build_open_clip(open_clip.get_model_config(PAPER_CLIP))
     tokenizer = open_clip.get_tokenizer(PAPER_CLIP)
     clip = ClipModel(model, tokenizer, f"{PAPER_CLIP} (random weights)", trained=False)
@@ -263,7 +263,7 @@ def main(quick: bool = False) -> dict:
         " mean (and _max, the slowest) over the prompts, after a one-step warm-up run per march"
         " method (CPU paper: none); the target applies to the preset's own march method; the"
         " cost varies with the shape: what the marcher meets grows as stage 2 shapes it",
-        "phases: run_stage2(phases=True) (infer.stage2.PhaseClock) on the first prompt;"
+        "phases: run_stage2(phases=True) (iss3d.infer.stage2.PhaseClock) on the first prompt;"
         " render includes the mapper's forward, clip the augmentations and the loss; CUDA is"
         " synchronised before each clock read",
         "memory: on CUDA step_peak_cuda_mb is torch.cuda.max_memory_allocated over one step"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import target, write_result
-from data.synth.build import SynthConfig, synthesize
+from iss3d.data.synth.build import SynthConfig, synthesize
 
 NAME = "synth"
 TARGET_S_PER_500 = 180.0

@@ -27,13 +27,14 @@ import pytorch_lightning as pl
 import torch
 
 from bench.common import write_result
-from data.datamodule import MultiViewDataModule
-from data.synth.build import SynthConfig, synthesize
-from infer.generate import PRETRAINED_DIR
-from train import runs
-from train.clip import ClipConfig, ClipSystem
-from train.stage1 import Stage1Config, Stage1System
-from train.svr import SVRConfig, SVRSystem
+from iss3d.core.config import load_config
+from iss3d.data.synth.build import SynthConfig, synthesize
+from iss3d.infer.generate import PRETRAINED_DIR
+from iss3d.train import runs
+from iss3d.train.clip import ClipConfig, ClipSystem
+from iss3d.train.datamodule import MultiViewDataModule
+from iss3d.train.stage1 import Stage1Config, Stage1System
+from iss3d.train.svr import SVRConfig, SVRSystem
 
 NAME = "train"
 STAGES = ("svr", "clip", "stage1")
@@ -88,13 +89,13 @@ def build_stage(stage: str, world: Path) -> tuple[pl.LightningModule, object]:
     """
     data = [("data.path", str(world))]
     if stage == "svr":
-        cfg = runs.load_config(SVRConfig, "svr/tiny", data)
+        cfg = load_config(SVRConfig, "svr/tiny", data)
         return SVRSystem(cfg), cfg
     if stage == "clip":
-        cfg = runs.load_config(ClipConfig, "clip/tiny", data)
+        cfg = load_config(ClipConfig, "clip/tiny", data)
         return ClipSystem(cfg), cfg
     shipped = [("svr", str(PRETRAINED_DIR / "svr.pt")), ("clip", str(PRETRAINED_DIR / "clip.pt"))]
-    cfg = runs.load_config(Stage1Config, "stage1/tiny", [*data, *shipped])
+    cfg = load_config(Stage1Config, "stage1/tiny", [*data, *shipped])
     return Stage1System(cfg), cfg
 
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import BENCH_DIR, format_number, results_dir
-from data.atomic import atomic_output
+from iss3d.core.atomic import atomic_output
 
 
 def bench_names() -> list[str]:

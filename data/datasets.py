@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.errors import UserError
-from data.pixels import sample_pixels
-from data.reader import MultiViewFile
-from data.records import SPLITS, ViewSample
+from iss3d.core.errors import UserError
+from iss3d.data.pixels import sample_pixels
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.records import SPLITS, ViewSample
 
 Index = int | tuple[int, int]
 

@@ -1,7 +1,7 @@
 """Read images, masks and EXR depth maps for the importers, with one-line errors.
 
 Every failure (missing file, folder instead of file, truncated or corrupt data, unsupported
-format) raises :class:`data.errors.UserError` with the message ``"<path>: <what is wrong>"``.
+format) raises :class:`iss3d.core.errors.UserError` with the message ``"<path>: <what is wrong>"``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 # Depth values above this are background (Blender writes ~1e10 where a ray hits nothing).
 DEPTH_BACKGROUND = 1e5

@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 
-from data.reader import MultiViewFile
-from data.records import SPLITS
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.records import SPLITS
 
 
 def summarize(mv: MultiViewFile) -> dict:

@@ -1,7 +1,8 @@
 """Sample pixels of one view for ray-based training (DVR samples 1024 pixels per image).
 
-Coordinates come out in the file's pixel convention, through :func:`data.cameras.pixel_coords`,
-so a sampled ``xy`` fed to :func:`data.cameras.rays` is the ray through that pixel.
+Coordinates come out in the file's pixel convention, through
+:func:`iss3d.data.cameras.pixel_coords`, so a sampled ``xy`` fed to
+:func:`iss3d.data.cameras.rays` is the ray through that pixel.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from data.cameras import pixel_coords
+from iss3d.data.cameras import pixel_coords
 
 
 @dataclass

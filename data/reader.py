@@ -10,9 +10,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data import schema
-from data.errors import UserError
-from data.records import InputViews, ObjectRecord, OccupancySamples, SurfaceSamples, ViewSample
+from iss3d.core.errors import UserError
+from iss3d.data import schema
+from iss3d.data.records import (
+    InputViews,
+    ObjectRecord,
+    OccupancySamples,
+    SurfaceSamples,
+    ViewSample,
+)
 
 
 def open_h5(path: Path) -> h5py.File:

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from data.reader import MultiViewFile
+from iss3d.data.reader import MultiViewFile
 
 MIN_TILE = 96  # small renders are upscaled (nearest) to at least this many pixels
 LABEL_WIDTH = 220

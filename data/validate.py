@@ -9,11 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data import schema
-from data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
-from data.errors import UserError
-from data.reader import check_header, open_h5
-from data.records import SPLITS
+from iss3d.core.errors import UserError
+from iss3d.data import schema
+from iss3d.data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
+from iss3d.data.reader import check_header, open_h5
+from iss3d.data.records import SPLITS
 
 BLOCK = 256  # views read per step when scanning images
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data import schema
-from data.atomic import atomic_output, json_text
-from data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
-from data.errors import UserError
-from data.records import SPLITS, ObjectRecord
+from iss3d.core.atomic import atomic_output, json_text
+from iss3d.core.errors import UserError
+from iss3d.data import schema
+from iss3d.data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
+from iss3d.data.records import SPLITS, ObjectRecord
 
 _STR = h5py.string_dtype(encoding="utf-8")
 

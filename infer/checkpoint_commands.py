@@ -40,7 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _slim(args: argparse.Namespace) -> int:
-    from models.checkpoints import slim_checkpoint
+    from iss3d.models.checkpoints import slim_checkpoint
 
     sizes = slim_checkpoint(args.checkpoint, args.out, half=args.half)
     print(
@@ -51,7 +51,7 @@ def _slim(args: argparse.Namespace) -> int:
 
 
 def _import_iss(args: argparse.Namespace) -> int:
-    from infer.stage1 import import_iss_checkpoint
+    from iss3d.infer.stage1 import import_iss_checkpoint
 
     model = import_iss_checkpoint(args.checkpoint, args.out, clip_spec=args.clip)
     m = model.mapper_config

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data.errors import UserError
-from infer import (
+from iss3d.core.errors import UserError
+from iss3d.infer import (
     checkpoint_commands,
     clip_commands,
     data_commands,
@@ -17,7 +17,7 @@ from infer import (
     stylize_commands,
     svr_commands,
 )
-from train import commands as train_commands
+from iss3d.train import commands as train_commands
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -42,20 +43,22 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_clip(args) -> int:
-    from data.atomic import write_json_report
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from infer.svr_commands import pick_device
-    from models.clip import load_clip
-    from train.clip import zero_shot_accuracy
+    from iss3d.core.atomic import write_json_report
+    from iss3d.core.device import resolve_device
+    from iss3d.core.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.models.clip import load_clip
+    from iss3d.train.clip import zero_shot_accuracy
 
     for name in ("views", "max_objects", "batch_size"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    device = pick_device(args.device)
+    device, note = resolve_device(args.device)
     clip = load_clip(args.checkpoint, device)
     with MultiViewFile(args.data) as mv:
+        if note:
+            print(f"iss3d: {note}", file=sys.stderr)
         result = zero_shot_accuracy(
             clip, mv, args.split, args.views, args.batch_size, args.max_objects
         )

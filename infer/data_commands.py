@@ -81,7 +81,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _synth(args) -> int:
-    from data.synth.build import SynthConfig, synthesize
+    from iss3d.data.synth.build import SynthConfig, synthesize
 
     cfg = SynthConfig(
         objects=args.objects,
@@ -99,7 +99,7 @@ def _synth(args) -> int:
 
 
 def _check(args) -> int:
-    from data.validate import check_file
+    from iss3d.data.validate import check_file
 
     summary = check_file(args.file)
     print(f"{args.file}: ok ({summary['objects']} objects, {summary['views']} views)")
@@ -107,9 +107,9 @@ def _check(args) -> int:
 
 
 def _info(args) -> int:
-    from data.atomic import json_text
-    from data.info import format_summary, summarize
-    from data.reader import MultiViewFile
+    from iss3d.core.atomic import json_text
+    from iss3d.data.info import format_summary, summarize
+    from iss3d.data.reader import MultiViewFile
 
     with MultiViewFile(args.file) as mv:
         summary = summarize(mv)
@@ -120,10 +120,10 @@ def _info(args) -> int:
 def _sheet(args) -> int:
     from PIL import Image
 
-    from data.atomic import atomic_output
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from data.sheet import contact_sheet, pick_objects
+    from iss3d.core.atomic import atomic_output
+    from iss3d.core.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.data.sheet import contact_sheet, pick_objects
 
     image_format = Image.registered_extensions().get(args.out.suffix.lower())
     if image_format is None:
@@ -144,7 +144,7 @@ def _sheet(args) -> int:
 
 
 def _import_dvr(args) -> int:
-    from data.importers.dvr import import_dvr
+    from iss3d.data.importers.dvr import import_dvr
 
     categories = args.categories.split(",") if args.categories else None
     out = import_dvr(args.root, args.out, categories=categories, input_views=args.input_views)
@@ -153,7 +153,7 @@ def _import_dvr(args) -> int:
 
 
 def _import_blender(args) -> int:
-    from data.importers.blender import import_blender
+    from iss3d.data.importers.blender import import_blender
 
     splits = tuple(s for s in args.splits.split(",") if s)
     out = import_blender(

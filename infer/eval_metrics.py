@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 __all__ = [
     "INCEPTION_WEIGHT_FILES",
@@ -195,7 +195,7 @@ def image_feature_network(
         ``inception``: Inception-v3 pool3 with torch-fidelity's weights from the torch hub cache
             (:func:`find_inception_weights`); ``inception:PATH``: from a weights file. Needs the
             ``torch-fidelity`` package (``pip install torch-fidelity``).
-        ``clip:SPEC``: the image tower of a CLIP model (:func:`models.clip.load_clip` spec;
+        ``clip:SPEC``: the image tower of a CLIP model (:func:`iss3d.models.clip.load_clip` spec;
             unit-norm embeddings).
         ``judge``: the judge CLIP's image tower (``judge`` must be given).
         ``torchscript:PATH``: a scripted module, (B, 3, H, W) [0, 1] -> (B, D).
@@ -241,7 +241,7 @@ def image_feature_network(
             raise UserError(f"{weights}: no such file (FID Inception weights)")
         return _inception(weights, device), None
     if kind == "clip" and arg:
-        from models.clip import load_clip
+        from iss3d.models.clip import load_clip
 
         return _clip_network(load_clip(arg, device), f"clip:{arg}"), None
     if spec == "judge":
@@ -294,13 +294,13 @@ def pointnet_features(
     [global | fc1 | fc2 | logits] feature. Every cloud is used (no partial batch is dropped).
 
     Args:
-        model: :class:`models.pointnet.PointNetCls` (put in eval mode here).
+        model: :class:`iss3d.models.pointnet.PointNetCls` (put in eval mode here).
         clouds: (N, P, 3).
 
     Returns:
         (N, 1024 + 512 + 256 + k) float64 on the CPU.
     """
-    from models.pointnet import normalize_clouds
+    from iss3d.models.pointnet import normalize_clouds
 
     model.eval()
     device = next(model.parameters()).device
@@ -324,7 +324,7 @@ def judge_scores(
     """The judge CLIP's score of every prompt for every shape.
 
     Args:
-        judge: a :class:`models.clip.ClipModel`.
+        judge: a :class:`iss3d.models.clip.ClipModel`.
         renders: S arrays (V, H, W, 3) uint8, the views of each shape.
         texts: the P prompts of the set.
 
@@ -380,7 +380,7 @@ def lattice_occupancy(grid: torch.Tensor | np.ndarray, half: float, points) -> t
 
     Args:
         grid: (R+1, R+1, R+1) logits at ``linspace(-half, half, R+1)`` along x, y, z, indexed
-            [x, y, z] (as :func:`models.mesh.occupancy_grid`).
+            [x, y, z] (as :func:`iss3d.models.mesh.occupancy_grid`).
         half: the lattice's half side (0.5 + padding / 2).
         points: (P, 3) object-frame points; outside the lattice the nearest border value.
 

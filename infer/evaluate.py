@@ -7,13 +7,13 @@ The run, in order:
    models, the judge CLIP (which must not be a guidance model) and the metric networks. A
    mistake is one UserError line with nothing written.
 2. Generate the items (:func:`generate_items`): each (method, prompt, sample) is produced by
-   :mod:`infer.methods`, rendered from a fixed camera set (:func:`describe_shape`) and saved
+   :mod:`iss3d.infer.methods`, rendered from a fixed camera set (:func:`describe_shape`) and saved
    as its own small ``.npz`` (renders, coloured surface points, an occupancy lattice, facts)
    under ``OUT/items/``, written atomically. Finished items are skipped, so an interrupted run
    continues where it stopped. ``--shard i/n`` does the items whose index is i mod n (several
    processes or GPUs; ``--workers N`` starts them), then stops; a run without ``--shard``
    generates whatever is missing and goes on to
-3. the metrics and the report (:mod:`infer.evaluate_report`): ``results.json``,
+3. the metrics and the report (:mod:`iss3d.infer.evaluate_report`): ``results.json``,
    ``results.csv``, ``report.md`` (a table like ISS's Table 1), ``plots/<metric>.png`` and
    ``plots/gallery.png`` (prompts x methods).
 
@@ -43,11 +43,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from data.atomic import atomic_output, json_text, write_json
-from data.config import StrictConfig
-from data.errors import UserError
-from infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
-from infer.stage2 import Stage2Config
+from iss3d.core.atomic import atomic_output, json_text, write_json
+from iss3d.core.config import StrictConfig, load_preset
+from iss3d.core.device import resolve_device
+from iss3d.core.errors import UserError
+from iss3d.core.resources import pretrained_dir
+from iss3d.infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
+from iss3d.infer.stage2 import Stage2Config
 
 __all__ = [
     "DEFAULT_JUDGE",
@@ -73,7 +75,7 @@ __all__ = [
 RUN_FORMAT = "iss3d-evaluate"
 RUN_VERSION = 1
 
-_PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "pretrained"
+_PRETRAINED = pretrained_dir()
 #: Used when --judge / --pointnet are not given (``make models`` writes the judge).
 DEFAULT_JUDGE = _PRETRAINED / "clip-judge.pt"
 DEFAULT_POINTNET = _PRETRAINED / "pointnet.pt"
@@ -172,9 +174,7 @@ class EvaluateConfig(StrictConfig):
 def load_evaluate_config(preset: str, overrides: list | tuple = ()) -> EvaluateConfig:
     """A preset name (``configs/evaluate/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly."""
-    from train import runs
-
-    return runs.load_preset(EvaluateConfig, "evaluate", preset, overrides)
+    return load_preset(EvaluateConfig, "evaluate", preset, overrides)
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def read_texts(path: str | os.PathLike) -> list[str]:
             (compared case- and space-insensitively, as CLIP reads them), a control
             character, or no prompt at all; the message names the file and line.
     """
-    from models.clip import check_prompt
+    from iss3d.models.clip import check_prompt
 
     path = Path(path)
     if not path.is_file():
@@ -262,8 +262,8 @@ def world_test_prompts(objects: int = 500, seed: int = 0) -> list[str]:
     test-split object of ``iss3d data synth --objects <objects> --seed <seed>`` (what ``make
     models`` builds), plus every held-out (category, colour) pair, deduplicated, sorted.
     ``configs/texts/synth_test.txt`` is this list."""
-    from data.synth import world
-    from data.synth.build import SynthConfig, plan_objects
+    from iss3d.data.synth import world
+    from iss3d.data.synth.build import SynthConfig, plan_objects
 
     plans = plan_objects(SynthConfig(objects=objects, seed=seed))
     prompts = {world.captions(p.spec)[0] for p in plans if p.split == "test"}
@@ -321,9 +321,9 @@ def describe_shape(shape, cfg: EvaluateConfig, seed: int) -> tuple[dict[str, np.
     """
     import trimesh
 
-    from infer.view_sampling import fixed_views
-    from models.mesh import MeshConfig, extract_mesh, occupancy_grid
-    from models.renderer import Renderer
+    from iss3d.infer.view_sampling import fixed_views
+    from iss3d.models.mesh import MeshConfig, extract_mesh, occupancy_grid
+    from iss3d.models.renderer import Renderer
 
     s2, r, sh = cfg.stage2, cfg.render, cfg.shape
     field_, c = shape.field, shape.latent
@@ -470,7 +470,7 @@ def _same_clip(a, b) -> bool:
 def check_judge(judge, judge_spec: str, clip, cfg: EvaluateConfig) -> None:
     """UserError if the judge is the guidance CLIP or a member of a guidance ensemble (the
     same spec, the same file, or the same weights)."""
-    from models.clip import load_clip
+    from iss3d.models.clip import load_clip
 
     def refuse(what: str) -> None:
         raise UserError(
@@ -489,11 +489,11 @@ def check_judge(judge, judge_spec: str, clip, cfg: EvaluateConfig) -> None:
 
 def prepare(options: EvaluateOptions) -> Prepared:
     """Check and load everything; UserError on the first problem. Writes nothing."""
-    from data.reader import MultiViewFile
-    from infer.generate import choose_device, resolve_models
-    from infer.stage1 import load_stage1
-    from models.clip import load_clip
-    from models.pointnet import load_pointnet
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.generate import resolve_models
+    from iss3d.infer.stage1 import load_stage1
+    from iss3d.models.clip import load_clip
+    from iss3d.models.pointnet import load_pointnet
 
     o = options
     if o.samples < 1:
@@ -524,14 +524,14 @@ def prepare(options: EvaluateOptions) -> Prepared:
     ):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{path}: no such file ({flag})")
-    device, note = choose_device(o.device)
+    device, note = resolve_device(o.device)
 
     needs = {n for m in methods for n in METHODS[m].needs}
     stage1 = stage1_path = clip = None
     clip_spec = o.clip
     # the stage-1 model: for the methods that need it, and as the source of the guidance CLIP
     if needs & {"stage1", "stage1_nobg"} or o.stage1 is not None or o.clip is None:
-        from infer.generate import DEFAULT_STAGE1
+        from iss3d.infer.generate import DEFAULT_STAGE1
 
         if o.stage1 is not None or DEFAULT_STAGE1.is_file():
             torch.manual_seed(o.seed)  # random-weight CLIP specs draw from it
@@ -549,11 +549,11 @@ def prepare(options: EvaluateOptions) -> Prepared:
             )
     ei_d = None
     if o.ei_d is not None:
-        from infer.methods import load_eid
+        from iss3d.infer.methods import load_eid
 
         ei_d = load_eid(o.ei_d, device)
         if clip is not None and ei_d.clip_spec and ei_d.clip_spec != clip_spec:
-            from infer.generate import warn
+            from iss3d.infer.generate import warn
 
             warn(
                 f"{o.ei_d} was trained with CLIP {ei_d.clip_spec!r}, not the guidance CLIP "
@@ -622,7 +622,7 @@ def prepare(options: EvaluateOptions) -> Prepared:
         pointnet, pointnet_info = load_pointnet(pn_path, device)
     else:
         pointnet, pointnet_info = load_pointnet(pn_path, device)
-    from infer.eval_metrics import image_feature_network
+    from iss3d.infer.eval_metrics import image_feature_network
 
     fid_network, fid_reason = image_feature_network(o.fid_features, device, judge)
     if note:
@@ -716,7 +716,7 @@ def open_out(out: Path, settings: dict[str, Any]) -> None:
 def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
     """Produce and save every item of ``items`` not already on disk (a warning line for each of
     an item's stage-2 warnings). Returns (made, skipped)."""
-    from infer.generate import warn
+    from iss3d.infer.generate import warn
 
     out = p.options.out
     todo = [it for it in items if not (out / it.relpath).is_file()]
@@ -731,7 +731,7 @@ def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
     try:
         for it in todo:
             seed = item_seed(p.options.seed, it.prompt, it.sample)
-            from infer.methods import ShapeRequest
+            from iss3d.infer.methods import ShapeRequest
 
             request = ShapeRequest(
                 it.prompt, it.sample, seed, torch.Generator().manual_seed(seed), perturb
@@ -766,7 +766,7 @@ def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
 
 
 def _worker_command(o: EvaluateOptions, shard: str) -> list[str]:
-    argv = [sys.executable, "-m", "infer.cli", "evaluate"]
+    argv = [sys.executable, "-m", "iss3d.infer.cli", "evaluate"]
     argv += ["--texts", str(o.texts), "--ref-data", str(o.ref_data), "--out", str(o.out)]
     argv += ["--methods", o.methods, "--samples", str(o.samples), "--seed", str(o.seed)]
     argv += ["--config", o.config, "--fid-features", o.fid_features, "--device", o.device]
@@ -832,7 +832,7 @@ def evaluate(options: EvaluateOptions) -> int:
     Raises:
         UserError: bad input (nothing written), or a failed worker.
     """
-    from infer.evaluate_report import compute_results, write_report
+    from iss3d.infer.evaluate_report import compute_results, write_report
 
     p = prepare(options)
     out = options.out

@@ -102,7 +102,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from infer.evaluate import EvaluateOptions, evaluate
+    from iss3d.infer.evaluate import EvaluateOptions, evaluate
 
     return evaluate(
         EvaluateOptions(

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from data.atomic import atomic_output, json_ready, json_text
-from infer import eval_metrics as em
+from iss3d.core.atomic import atomic_output, json_ready, json_text
+from iss3d.infer import eval_metrics as em
 
 __all__ = ["METRICS", "bar_chart", "compute_results", "gallery", "ordering_lines", "write_report"]
 
@@ -92,7 +92,7 @@ class _Reference:
         exact = [o for o in self.objects if key in (c.casefold() for c in f.captions[o])]
         if exact:
             return exact
-        from data.synth.world import COLORS
+        from iss3d.data.synth.world import COLORS
 
         colours = list(COLORS) if self.main_colors is not None else []
         category, colour = em.parse_prompt(prompt, f.category_names, colours)
@@ -117,15 +117,15 @@ def compute_results(p, items: list) -> dict[str, Any]:
     """Every metric of every method from the item files (see the module docstring).
 
     Args:
-        p: :class:`infer.evaluate.Prepared`; items: every :class:`infer.evaluate.Item`.
+        p: :class:`iss3d.infer.evaluate.Prepared`; items: every :class:`iss3d.infer.evaluate.Item`.
 
     Returns:
         The content of results.json.
     """
     import torch
 
-    from data.synth.world import COLORS
-    from infer.evaluate import load_item
+    from iss3d.data.synth.world import COLORS
+    from iss3d.infer.evaluate import load_item
 
     cfg, o = p.cfg, p.options
     ref = _Reference(p.reference, cfg.reference)
@@ -183,7 +183,7 @@ def compute_results(p, items: list) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     per_item: list[dict[str, Any]] = []
     for name in p.methods:
-        from infer.methods import METHODS
+        from iss3d.infer.methods import METHODS
 
         its = [it for it in items if it.method == name]
         recs = [records[it] for it in its]
@@ -271,7 +271,7 @@ def compute_results(p, items: list) -> dict[str, Any]:
         methods[name] = json_ready(row)
         per_item.extend(entries)
     for name, reason in p.skipped.items():
-        from infer.methods import METHODS
+        from iss3d.infer.methods import METHODS
 
         methods[name] = {"title": METHODS[name].title, "status": "skipped", "reason": reason}
     return {
@@ -450,8 +450,8 @@ def gallery(p, items: list, cell: int = 96):
     """Prompts (rows) x methods (columns): the front view of sample 0 of each shape."""
     from PIL import Image
 
-    from data.images import labelled_grid
-    from infer.evaluate import load_item
+    from iss3d.data.images import labelled_grid
+    from iss3d.infer.evaluate import load_item
 
     index = {(it.method, it.prompt_index): it for it in items if it.sample == 0}
     rows = []
@@ -471,7 +471,7 @@ def _save_png(image, path: Path) -> None:
 
 def write_report(out: Path, results: dict[str, Any], p) -> list[Path]:
     """Write results.json, results.csv, report.md and plots/ (each file atomically)."""
-    from infer.evaluate import plan_items
+    from iss3d.infer.evaluate import plan_items
 
     written = []
     for name, text in (

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import trimesh
 
-from data.atomic import atomic_output
-from data.cameras import intrinsics, look_at, orbit_eyes
-from data.errors import UserError
-from models.march import ImplicitField
-from models.mesh import Mesh
-from models.renderer import Renderer
+from iss3d.core.atomic import atomic_output
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import intrinsics, look_at, orbit_eyes
+from iss3d.models.march import ImplicitField
+from iss3d.models.mesh import Mesh
+from iss3d.models.renderer import Renderer
 
 MESH_FORMATS = ("ply", "obj", "glb")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,8 +41,8 @@ def turntable_row(run: Path, frames: int) -> tuple[str, list]:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from data.atomic import atomic_output
-    from data.images import labelled_grid
+    from iss3d.core.atomic import atomic_output
+    from iss3d.data.images import labelled_grid
 
     if args.frames < 1:
         raise UserError(f"--frames must be positive, got {args.frames}")

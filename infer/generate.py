@@ -1,7 +1,7 @@
 """``iss3d generate``: text -> coloured 3D shape(s) with ISS stage 2, and the files around it.
 
-For each of K samples (``--samples``): stage 2 (:func:`infer.stage2.run_stage2`) from the
-stage-1 model, then a mesh (:func:`models.mesh.extract_mesh`, vertex colours from the
+For each of K samples (``--samples``): stage 2 (:func:`iss3d.infer.stage2.run_stage2`) from the
+stage-1 model, then a mesh (:func:`iss3d.models.mesh.extract_mesh`, vertex colours from the
 decoder), a turntable and before/after views. Outputs, in ``OUT/`` (or ``OUT/sample_<k>/``
 when K > 1):
 
@@ -16,7 +16,7 @@ when K > 1):
   numbers among them); at the top level also the diversity of the K shapes (mean pairwise
   volumetric IoU and Chamfer distance).
 - ``latent.pt``: the final latent c with the stage-1 checkpoint and CLIP model used
-  (:func:`infer.stylize.save_latent`), for ``iss3d stylize``.
+  (:func:`iss3d.infer.stylize.save_latent`), for ``iss3d stylize``.
 - ``config.yaml`` (the resolved config) and ``command.txt``, at the top level.
 
 Everything is written into a temporary sibling folder renamed to ``OUT`` at the end, so an
@@ -42,9 +42,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from data.config import StrictConfig
-from data.errors import UserError
-from infer.stage2 import Stage2Config
+from iss3d.core.config import StrictConfig, load_preset
+from iss3d.core.device import resolve_device
+from iss3d.core.errors import UserError
+from iss3d.core.resources import pretrained_dir
+from iss3d.infer.stage2 import Stage2Config
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 #: Where ``iss3d generate`` looks for models when --stage1 / --clip are not given.
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "models" / "pretrained"
+PRETRAINED_DIR = pretrained_dir()
 DEFAULT_STAGE1 = PRETRAINED_DIR / "stage1.ckpt"
 DEFAULT_CLIP = PRETRAINED_DIR / "clip.pt"
 
@@ -119,9 +121,7 @@ def load_generate_config(
 ) -> GenerateConfig:
     """A preset name (``configs/generate/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
-    from train import runs
-
-    return runs.load_preset(GenerateConfig, "generate", preset, overrides)
+    return load_preset(GenerateConfig, "generate", preset, overrides)
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def warn(message: str) -> None:
 def check_generation_prompt(prompt: str) -> str:
     """The prompt, checked: not empty, no control characters (UserError); warns when it is
     mostly not Latin script (the CLIP models here learnt English captions)."""
-    from models.clip import check_prompt
+    from iss3d.models.clip import check_prompt
 
     check_prompt(prompt)
     letters = [ch for ch in prompt if ch.isalpha()]
@@ -157,23 +157,6 @@ def default_out(prompt: str, seed: int) -> Path:
     return Path("generated") / f"{slug}-seed{seed}"
 
 
-def choose_device(name: str) -> tuple[torch.device, str | None]:
-    """``cpu``, ``cuda`` or ``auto`` -> (device, a note to print when it fell back to the CPU).
-
-    Raises:
-        UserError: another name.
-    """
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {name!r}")
-    if name == "cpu":
-        return torch.device("cpu"), None
-    if torch.cuda.is_available():
-        return torch.device("cuda"), None
-    if name == "cuda":
-        return torch.device("cpu"), "CUDA is not available, running on the CPU"
-    return torch.device("cpu"), "no CUDA device found, running on the CPU"
-
-
 def resolve_models(stage1: Path | None, clip: str | None, device: torch.device):
     """Load the stage-1 model and the CLIP model that goes with it.
 
@@ -184,8 +167,8 @@ def resolve_models(stage1: Path | None, clip: str | None, device: torch.device):
 
     Returns (stage-1 model, its path, CLIP model, CLIP spec).
     """
-    from infer.stage1 import load_stage1
-    from models.clip import load_clip
+    from iss3d.infer.stage1 import load_stage1
+    from iss3d.models.clip import load_clip
 
     if stage1 is None:
         if not DEFAULT_STAGE1.is_file():
@@ -263,7 +246,7 @@ def diversity(
         L2 distance, both ways, averaged) between up to ``points`` mesh vertices of each
         (object units); None when fewer than two shapes have a mesh.
     """
-    from models.march import occupancy_in_chunks
+    from iss3d.models.march import occupancy_in_chunks
 
     axis = torch.linspace(-0.5, 0.5, grid + 1)
     lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
@@ -430,21 +413,21 @@ def _generate(
     import yaml
     from PIL import Image
 
-    from data.atomic import atomic_directory, write_json
-    from infer.export import render_turntable, save_mesh, save_turntable
-    from infer.guidance import Guide, PromptSchedule
-    from infer.stage2 import run_stage2
-    from infer.stylize import LATENT_FILE, save_latent
-    from models.clip import load_clip
-    from models.mesh import MeshConfig, extract_mesh
-    from models.renderer import Renderer
+    from iss3d.core.atomic import atomic_directory, write_json
+    from iss3d.infer.export import render_turntable, save_mesh, save_turntable
+    from iss3d.infer.guidance import Guide, PromptSchedule
+    from iss3d.infer.stage2 import run_stage2
+    from iss3d.infer.stylize import LATENT_FILE, save_latent
+    from iss3d.models.clip import load_clip
+    from iss3d.models.mesh import MeshConfig, extract_mesh
+    from iss3d.models.renderer import Renderer
 
     s2, ex = cfg.stage2, cfg.export
     timings: dict[str, float] = {}
     warnings_seen: list[str] = []
     with atomic_directory(out) as folder:
         t0 = time.perf_counter()
-        dev, note = choose_device(device)
+        dev, note = resolve_device(device)
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
         model, stage1_path, clip_model, clip_spec = resolve_models(stage1, clip, dev)
         if note:
@@ -626,7 +609,7 @@ def _generate(
 
 
 def _score(clip_model, frames: np.ndarray, text: torch.Tensor) -> float:
-    from infer.guidance import clip_score
+    from iss3d.infer.guidance import clip_score
 
     images = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255.0)
     return clip_score(clip_model, images, text)

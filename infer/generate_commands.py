@@ -78,7 +78,8 @@ def typed_command(head: list[str], args: argparse.Namespace, flags: tuple[str, .
 def check_loop_flags(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
     """The numbers of a generate / stylize command line: each of ``positive`` that is set is
     > 0, ``--res`` >= 8, ``--seed`` >= 0, ``--device`` known. Raises UserError."""
-    from data.errors import UserError
+    from iss3d.core.device import check_device_name
+    from iss3d.core.errors import UserError
 
     for name in positive:
         value = getattr(args, name)
@@ -88,8 +89,7 @@ def check_loop_flags(args: argparse.Namespace, positive: tuple[str, ...]) -> Non
         raise UserError(f"--res must be at least 8 pixels, got {args.res}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    if args.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {args.device!r}")
+    check_device_name(args.device)
 
 
 def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str | tuple[str, Any]]:
@@ -111,10 +111,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 def generate_command(args: argparse.Namespace) -> int:
     """Check the cheap things (numbers, prompt, config) first, then run
-    :func:`infer.generate.generate`."""
+    :func:`iss3d.infer.generate.generate`."""
     check_loop_flags(args, ("steps", "views", "res", "samples"))
 
-    from infer.generate import (
+    from iss3d.infer.generate import (
         check_generation_prompt,
         default_out,
         generate,

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.errors import UserError
-from models.clip import ClipModel, RandomResizedCrop
-from models.mapper import perturb_feature
+from iss3d.core.errors import UserError
+from iss3d.models.clip import ClipModel, RandomResizedCrop
+from iss3d.models.mapper import perturb_feature
 
 __all__ = [
     "AugmentConfig",
@@ -80,7 +80,7 @@ class PromptConfig:
 
 @dataclass
 class ClipMember:
-    """An extra CLIP model of the ensemble: a ``models.clip.load_clip`` spec and a weight."""
+    """An extra CLIP model of the ensemble: a ``iss3d.models.clip.load_clip`` spec and a weight."""
 
     spec: str
     weight: float = 1.0

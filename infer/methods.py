@@ -3,7 +3,7 @@
 A shape is an implicit field plus its latent (:class:`GeneratedShape`): the stage-1 decoder
 with a latent c for the ISS variants, an E_I + D decoder with c = f_T, or a voxel grid whose
 values are the latent for pure CLIP guidance. Every variant with a stage 2 runs
-:func:`infer.stage2.run_stage2` (no second loop here).
+:func:`iss3d.infer.stage2.run_stage2` (no second loop here).
 
 ==============  ===========================================================================
 method          what it does (models it needs)
@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import config as config_lib
-from data.errors import UserError
-from infer.guidance import GuidanceConfig, Guide, PromptSchedule
-from infer.stage2 import Stage2Config, run_stage2
-from models.mapper import perturb_feature
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
+from iss3d.infer.guidance import GuidanceConfig, Guide, PromptSchedule
+from iss3d.infer.stage2 import Stage2Config, run_stage2
+from iss3d.models.mapper import perturb_feature
 
 __all__ = [
     "METHODS",
@@ -70,7 +70,7 @@ class VoxelField(nn.Module):
 
     c: (1, 4 G^3) (or (B, 4 G^3)): channel 0 the occupancy logit, 1:4 RGB logits, on a G^3
     lattice spanning [-half, half]^3 (corners on the lattice; trilinear in between, the
-    border value outside). No parameters of its own: :func:`infer.stage2.run_stage2`
+    border value outside). No parameters of its own: :func:`iss3d.infer.stage2.run_stage2`
     optimises the grid through :class:`LatentParameter`.
     """
 
@@ -124,7 +124,7 @@ class VoxelField(nn.Module):
 
 class LatentParameter(nn.Module):
     """A "mapper" whose output is one learnt latent, whatever its input: lets
-    :func:`infer.stage2.run_stage2` optimise a latent (a voxel grid) directly."""
+    :func:`iss3d.infer.stage2.run_stage2` optimise a latent (a voxel grid) directly."""
 
     def __init__(self, initial: torch.Tensor):
         super().__init__()
@@ -148,7 +148,7 @@ class PureClipConfig:
 
     grid: voxels per side G (4 G^3 values are optimised).
     init_radius, init_sharpness: the initial grey sphere (object units; logit slope).
-    stage2: the optimisation loop (:class:`infer.stage2.Stage2Config`; default: 200 steps of
+    stage2: the optimisation loop (:class:`iss3d.infer.stage2.Stage2Config`; default: 200 steps of
         8 views at 64 px, Adam 5e-2 on the grid, random backgrounds + crops + perspective,
         no L_bg).
     """
@@ -176,7 +176,7 @@ class PureClipConfig:
 class EIDModel:
     """E_I + D: a decoder conditioned directly on (B, clip_embed_dim) CLIP features.
 
-    decoder: :class:`models.decoder.Decoder` with c_dim = clip_embed_dim (eval mode).
+    decoder: :class:`iss3d.models.decoder.Decoder` with c_dim = clip_embed_dim (eval mode).
     clip_spec: the CLIP model it was trained with; clip_embed_dim: its feature size.
     """
 
@@ -194,8 +194,8 @@ def load_eid(path, device: str | torch.device = "cpu") -> EIDModel:
     """
     from pathlib import Path
 
-    from models.checkpoints import load_prefixed, safe_load
-    from models.decoder import DecoderConfig
+    from iss3d.models.checkpoints import load_prefixed, safe_load
+    from iss3d.models.decoder import DecoderConfig
 
     path = Path(path)
     ckpt = safe_load(path, what="E_I + D checkpoint")
@@ -240,7 +240,7 @@ class GeneratedShape:
     """A method's result: ``field`` (occupancy + rgb) conditioned on ``latent`` (1, D) (None
     for an unconditional field); ``history`` the optimisation records (stage 2), ``info``
     extra facts for the report, ``warnings`` stage 2's
-    (:attr:`infer.stage2.Stage2Result.warnings`)."""
+    (:attr:`iss3d.infer.stage2.Stage2Result.warnings`)."""
 
     field: Any
     latent: torch.Tensor | None
@@ -255,8 +255,8 @@ class MethodContext:
 
     Args:
         stage2: the ISS stage-2 settings; pure_clip: the pure-CLIP baseline's.
-        clip: the guidance CLIP (:class:`models.clip.ClipModel`).
-        stage1, stage1_nobg: :class:`infer.stage1.Stage1Model` or None.
+        clip: the guidance CLIP (:class:`iss3d.models.clip.ClipModel`).
+        stage1, stage1_nobg: :class:`iss3d.infer.stage1.Stage1Model` or None.
         ei_d: :class:`EIDModel` or None.
         ensemble: extra guidance CLIP models by spec (``stage2.guidance.ensemble``).
         padding: the renderer's cube padding (the voxel grid spans the padded cube).
@@ -290,7 +290,7 @@ class MethodContext:
         members, weights = [self.clip], [guidance.clip_weight]
         for member in guidance.ensemble:
             if member.spec not in self.ensemble:
-                from models.clip import load_clip
+                from iss3d.models.clip import load_clip
 
                 self.ensemble[member.spec] = load_clip(member.spec, self.device)
             members.append(self.ensemble[member.spec])

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from data.errors import UserError
-from models.checkpoints import load_prefixed, safe_load
-from models.decoder import Decoder, DecoderConfig
-from models.mapper import Mapper, MapperConfig
-from train.stage1 import Stage1Config
-from train.svr import SVRConfig
+from iss3d.core.errors import UserError
+from iss3d.models.checkpoints import load_prefixed, safe_load
+from iss3d.models.decoder import Decoder, DecoderConfig
+from iss3d.models.mapper import Mapper, MapperConfig
+from iss3d.train.stage1 import Stage1Config
+from iss3d.train.svr import SVRConfig
 
 __all__ = ["Stage1Model", "import_iss_checkpoint", "load_stage1"]
 
@@ -26,7 +26,7 @@ class Stage1Model:
         mapper: M, (B, clip_embed_dim) CLIP features -> (B, c_dim) latents.
         decoder: D after stage 1's fine-tuning (white decoder-drawn background).
         mapper_config, decoder_config: their architectures.
-        clip_spec: the CLIP model stage 1 was trained with (``models.clip.load_clip(spec)``).
+        clip_spec: the CLIP model stage 1 was trained with (``iss3d.models.clip.load_clip(spec)``).
         clip_embed_dim: its feature size (= ``mapper_config.in_dim``).
         image_size: (H, W) of the training views, or None.
         config: the stage-1 config; svr_config: the SVR model's config.
@@ -92,7 +92,7 @@ def import_iss_checkpoint(
     """Convert an official ISS stage-1 checkpoint into a stage-1 file ``generate`` reads.
 
     The mapper (``generator.*``) and the decoder (``decoder.*``) are kept, their architectures
-    read off the weights (:func:`models.checkpoints.load_iss_checkpoint`); the configs are
+    read off the weights (:func:`iss3d.models.checkpoints.load_iss_checkpoint`); the configs are
     ``stage1/paper`` and ``svr/paper`` with those sizes. The CLIP weights in the file are not
     copied: ``clip_spec`` names the model (ISS used OpenAI's ViT-B/32). Written to a temporary
     name, then renamed; the result is loaded back as a check.
@@ -101,14 +101,14 @@ def import_iss_checkpoint(
         UserError: unreadable or not an ISS checkpoint, or a mapper whose input size is not the
             named CLIP's (checked when stage 2 loads it).
     """
-    from data.atomic import atomic_output
-    from models.checkpoints import load_iss_checkpoint
-    from train import runs
+    from iss3d.core.atomic import atomic_output
+    from iss3d.core.config import load_config
+    from iss3d.models.checkpoints import load_iss_checkpoint
 
     iss = load_iss_checkpoint(src)
     origin = f"converted from the ISS checkpoint {Path(src).name}"
     m, d = iss.mapper_config, iss.decoder_config
-    config = runs.load_config(
+    config = load_config(
         Stage1Config,
         "stage1/paper",
         [
@@ -117,7 +117,7 @@ def import_iss_checkpoint(
             *((f"mapper.{k}", v) for k, v in vars(m).items()),
         ],
     )
-    svr_config = runs.load_config(
+    svr_config = load_config(
         SVRConfig,
         "svr/paper",
         [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from infer.clip_commands import _subcommands
+from iss3d.infer.clip_commands import _subcommands
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,15 +35,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_stage1(args) -> int:
-    from data.atomic import write_json_report
-    from data.errors import UserError
-    from infer.stage1_eval import evaluate_stage1
-    from infer.svr_commands import pick_device
+    from iss3d.core.atomic import write_json_report
+    from iss3d.core.device import resolve_device
+    from iss3d.core.errors import UserError
+    from iss3d.infer.stage1_eval import evaluate_stage1
 
     if args.n_steps < 2 or args.render_objects < 0:
         raise UserError("--n-steps must be at least 2 and --render-objects at least 0")
     if not args.checkpoint.is_file():
         raise UserError(f"{args.checkpoint}: no such file")
+    device, note = resolve_device(args.device)
     result = evaluate_stage1(
         args.checkpoint,
         args.data,
@@ -50,8 +52,11 @@ def _eval_stage1(args) -> int:
         args.clip,
         args.n_steps,
         args.render_objects,
-        pick_device(args.device),
+        device,
     )
+    if note:  # with the results: evaluate_stage1 checks its inputs as it goes, and a failed
+        # command prints a single line
+        print(f"iss3d: {note}", file=sys.stderr)
     print(f"{'split':>15}: {result['split']} ({result['objects']} objects)")
     for key, value in result["means"].items():
         print(f"{key:>15}: {value:.4f}")

@@ -1,6 +1,6 @@
 """``iss3d eval stage1``: how well a stage-1 checkpoint's mapper fits, on any split.
 
-The figures are those stage-1 validation logs (:class:`train.stage1.Stage1System`), computed
+The figures are those stage-1 validation logs (:class:`iss3d.train.stage1.Stage1System`), computed
 over a whole split with the checkpoint's own mapper, fine-tuned decoder and SVR encoder:
 
 - ``cos``: mean cosine(M(f_I), E_S(I)) over the objects' input views;
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from data.errors import UserError
-from data.reader import MultiViewFile
-from infer.stage1 import load_stage1
-from infer.svr import SVRModel
-from models.checkpoints import load_prefixed, safe_load
+from iss3d.core.errors import UserError
+from iss3d.data.reader import MultiViewFile
+from iss3d.infer.stage1 import load_stage1
+from iss3d.infer.svr import SVRModel
+from iss3d.models.checkpoints import load_prefixed, safe_load
 
 __all__ = ["evaluate_stage1"]
 
@@ -53,9 +53,9 @@ def evaluate_stage1(
     """
     import pytorch_lightning as pl
 
-    from data.datamodule import MultiViewDataModule
-    from models.clip import load_clip
-    from train.stage1 import Stage1System, check_dimensions
+    from iss3d.models.clip import load_clip
+    from iss3d.train.datamodule import MultiViewDataModule
+    from iss3d.train.stage1 import Stage1System, check_dimensions
 
     device = torch.device(device)
     model = load_stage1(checkpoint)

@@ -1,6 +1,6 @@
 """ISS stage 2: fine-tune the mapper M on one prompt by CLIP consistency of rendered views.
 
-A lean PyTorch loop (no Lightning). From a stage-1 model (:func:`infer.stage1.load_stage1`):
+A lean PyTorch loop (no Lightning). From a stage-1 model (:func:`iss3d.infer.stage1.load_stage1`):
 
 1. f_T = E_T(prompt), the stage-1 CLIP model's unit text feature. The mapper input is
    f = f_T (ISS feeds the text feature to the image-trained mapper; stage 1's noisy inputs
@@ -9,10 +9,10 @@ A lean PyTorch loop (no Lightning). From a stage-1 model (:func:`infer.stage1.lo
    tau_1 for the input (the initial shape), tau_2 for the target. The shape "before stage 2"
    is M_stage1(f), the one after it M_tuned(f).
 2. The decoder D and every CLIP model are frozen; only M's parameters are optimised (Adam).
-3. Each step draws m cameras (:mod:`infer.view_sampling`), renders the latent c = M(f) from
+3. Each step draws m cameras (:mod:`iss3d.infer.view_sampling`), renders the latent c = M(f) from
    them with the decoder-drawn ("field") background (:func:`render_views`), augments the
-   renders (:class:`infer.guidance.Augmenter`), and minimises
-   ``lambda_clip * L_C + lambda_bg * L_bg`` (:class:`infer.guidance.Guide`; L_bg = mean
+   renders (:class:`iss3d.infer.guidance.Augmenter`), and minimises
+   ``lambda_clip * L_C + lambda_bg * L_bg`` (:class:`iss3d.infer.guidance.Guide`; L_bg = mean
    |1 - rgb| over each view's background pixels, reduced over views like L_C).
 
 The CLIP score of a step is the mean cosine between the stage-1 CLIP embeddings of that
@@ -35,14 +35,14 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from data.cameras import pixel_coords, rays
-from data.config import StrictConfig
-from data.errors import UserError
-from infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
-from infer.view_sampling import CameraConfig, Views, sample_views
-from models.mapper import Mapper, perturb_feature
-from models.march import ImplicitField, MarchConfig, cube_interval
-from models.renderer import Renderer
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import pixel_coords, rays
+from iss3d.infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
+from iss3d.infer.view_sampling import CameraConfig, Views, sample_views
+from iss3d.models.mapper import Mapper, perturb_feature
+from iss3d.models.march import ImplicitField, MarchConfig, cube_interval
+from iss3d.models.renderer import Renderer
 
 __all__ = [
     "SKIP_REASONS",
@@ -102,9 +102,9 @@ class Stage2Config(StrictConfig):
         views: views rendered per step, m (10).
         resolution: render side in pixels (90; CLIP resizes to its input size).
         lr, betas: Adam on the mapper (1e-4).
-        march: the renderer's :class:`models.march.MarchConfig` (n_steps 128, 8 secant steps).
+        march: the renderer's :class:`iss3d.models.march.MarchConfig` (n_steps 128, 8 secant steps).
         pixel_convention: "center" (our renders) or "dvr".
-        cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
+        cameras: the camera distribution (:class:`iss3d.infer.view_sampling.CameraConfig`).
         guidance: losses, prompts, augmentations, ensemble (:class:`GuidanceConfig`).
         diversity: tau_1 / tau_2 (:class:`DiversityConfig`).
         keep: which mapper the loop returns: "last" (after the final step, the official
@@ -220,7 +220,7 @@ class GuidedLoss:
     """The CLIP guidance of one step on V views of one latent.
 
     total: ``lambda_clip * loss_clip + lambda_bg * loss_bg``, a differentiable scalar.
-    loss_clip: L_C of the augmented renders (:meth:`infer.guidance.Guide.loss`).
+    loss_clip: L_C of the augmented renders (:meth:`iss3d.infer.guidance.Guide.loss`).
     loss_bg: L_bg, the views' background losses reduced like L_C.
     score: the CLIP score: mean cosine between the first CLIP model's embeddings of the
         un-augmented renders and ``guide.prompt_feature``.

@@ -4,7 +4,7 @@ Two modes (DESIGN.md, "Stylization"), both against the CLIP text feature of the 
 and with the generated shape's latent c fixed:
 
 - ``texture``: the decoder is split into an occupancy branch D_o and a colour branch D_c
-  (:func:`models.decoder.split_branches`); only D_c is fine-tuned, so the shape cannot change
+  (:func:`iss3d.models.decoder.split_branches`); only D_c is fine-tuned, so the shape cannot change
   (its occupancy logits stay bit for bit the initial decoder's).
 - ``shape+texture``: a copy of the whole decoder D is fine-tuned with
   ``L_C + lambda_prior * L_P``, where the 3D prior loss L_P = mean |D_o(p) - D'_o(p)| compares
@@ -12,13 +12,13 @@ and with the generated shape's latent c fixed:
   frozen initial decoder D' at points p drawn each step, part uniform in the padded cube and
   part near the initial surface.
 
-Each step renders ``views`` random views (:func:`infer.stage2.guided_loss`, the stage-2
+Each step renders ``views`` random views (:func:`iss3d.infer.stage2.guided_loss`, the stage-2
 renderer and guidance), puts a random solid background colour behind every view (the preset's
 ``guidance.augment.background: random``) and takes the loss over *all* views (the official
 texture code resets its loss inside the view loop, so only its last view counts). L_bg
 (``guidance.lambda_bg``) keeps the decoder-drawn background white, as stage 1 trained it. A
 step whose loss, CLIP score or gradients are not finite is skipped and counted in the
-warnings, as in stage 2 (:func:`infer.stage2.guarded_step`).
+warnings, as in stage 2 (:func:`iss3d.infer.stage2.guarded_step`).
 
 The run folder of ``iss3d generate`` holds ``latent.pt`` (:func:`save_latent`): the final
 latent c, the stage-1 checkpoint and the CLIP model it used. ``iss3d stylize RUN_DIR STYLE``
@@ -49,15 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import config as config_lib
-from data.config import StrictConfig
-from data.errors import UserError
-from infer.generate import ExportConfig
-from infer.guidance import AugmentConfig, GuidanceConfig, Guide
-from infer.view_sampling import CameraConfig
-from models.decoder import BranchedDecoder, Decoder, split_branches
-from models.march import ImplicitField, MarchConfig, occupancy_in_chunks
-from models.renderer import Renderer
+from iss3d.core import config as config_lib
+from iss3d.core.config import StrictConfig, load_preset
+from iss3d.core.device import resolve_device
+from iss3d.core.errors import UserError
+from iss3d.infer.generate import ExportConfig
+from iss3d.infer.guidance import AugmentConfig, GuidanceConfig, Guide
+from iss3d.infer.view_sampling import CameraConfig
+from iss3d.models.decoder import BranchedDecoder, Decoder, split_branches
+from iss3d.models.march import ImplicitField, MarchConfig, occupancy_in_chunks
+from iss3d.models.renderer import Renderer
 
 __all__ = [
     "LATENT_FILE",
@@ -133,10 +134,10 @@ class StyleConfig:
         views: views rendered per step, all of them in the loss.
         resolution: render side in pixels.
         lr, betas: Adam on the tuned decoder parameters.
-        march: the renderer's :class:`models.march.MarchConfig`.
+        march: the renderer's :class:`iss3d.models.march.MarchConfig`.
         pixel_convention: "center" or "dvr".
-        cameras: the camera distribution (:class:`infer.view_sampling.CameraConfig`).
-        guidance: the CLIP guidance (:class:`infer.guidance.GuidanceConfig`); the default
+        cameras: the camera distribution (:class:`iss3d.infer.view_sampling.CameraConfig`).
+        guidance: the CLIP guidance (:class:`iss3d.infer.guidance.GuidanceConfig`); the default
             background is ``random`` (one random colour per view and step).
         lambda_prior: weight of L_P in shape+texture mode (unused in texture mode, where the
             occupancy cannot change).
@@ -192,9 +193,7 @@ def load_stylize_config(
 ) -> StylizeConfig:
     """A preset name (``configs/stylize/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
-    from train import runs
-
-    return runs.load_preset(StylizeConfig, "stylize", preset, overrides)
+    return load_preset(StylizeConfig, "stylize", preset, overrides)
 
 
 # -- the latent file written by generate ----------------------------------------------------------
@@ -255,7 +254,7 @@ def load_latent(run_dir: str | Path) -> dict[str, Any]:
         UserError: RUN_DIR is missing or not a folder, holds several samples, is not a
             generate folder, or its latent file is unreadable or not one.
     """
-    from models.checkpoints import safe_load
+    from iss3d.models.checkpoints import safe_load
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -376,15 +375,15 @@ def prior_loss(
 class StylizeResult:
     """What a stylization run gives.
 
-    decoder: the tuned field (eval mode, frozen): a :class:`models.decoder.BranchedDecoder`
-        in texture mode, a :class:`models.decoder.Decoder` in shape+texture mode.
+    decoder: the tuned field (eval mode, frozen): a :class:`iss3d.models.decoder.BranchedDecoder`
+        in texture mode, a :class:`iss3d.models.decoder.Decoder` in shape+texture mode.
     mode: the mode run.
     history: per step ``{"step", "clip_score", "loss", "loss_clip", "loss_bg", "loss_prior",
         "seconds", "skipped"}`` (loss_prior 0 in texture mode; skipped: why the step made no
-        update, a key of :data:`infer.stage2.SKIP_REASONS`, or None).
+        update, a key of :data:`iss3d.infer.stage2.SKIP_REASONS`, or None).
     seconds: wall time of the loop.
     warnings: what went wrong, one line each: skipped steps
-        (:func:`infer.stage2.skipped_warnings`) and "stylize left the shape and its colours
+        (:func:`iss3d.infer.stage2.skipped_warnings`) and "stylize left the shape and its colours
         unchanged" when no tuned parameter moved.
     """
 
@@ -426,7 +425,7 @@ def run_stylize(
     Args:
         decoder: the stage-1 decoder D (not modified; frozen here).
         c: (1, c_dim) the shape's latent, on the decoder's device (fixed).
-        guide: the style text and CLIP model(s) (:class:`infer.guidance.Guide`).
+        guide: the style text and CLIP model(s) (:class:`iss3d.infer.guidance.Guide`).
         cfg: the loop's settings.
         generator: a CPU ``torch.Generator``: cameras, backgrounds, augmentations and L_P's
             points come from it (same seed, same result on the CPU).
@@ -434,7 +433,7 @@ def run_stylize(
         renderer: the renderer (default: :class:`Renderer` with ``cfg.march``).
         callback: called with each step's record (progress bars).
     """
-    from infer.stage2 import (
+    from iss3d.infer.stage2 import (
         guarded_step,
         guided_loss,
         make_augmenter,
@@ -442,7 +441,7 @@ def run_stylize(
         skip_reason,
         skipped_warnings,
     )
-    from infer.view_sampling import sample_views
+    from iss3d.infer.view_sampling import sample_views
 
     mode = mode or cfg.mode
     device = c.device
@@ -507,7 +506,7 @@ def run_stylize(
 
 def check_style(style: str) -> str:
     """The style text, checked like a prompt (UserError: empty, control characters)."""
-    from infer.generate import check_generation_prompt
+    from iss3d.infer.generate import check_generation_prompt
 
     if isinstance(style, str) and not style.strip():
         raise UserError('empty style text (give some words, e.g. "wooden")')
@@ -595,12 +594,11 @@ def _stylize(
     import yaml
     from PIL import Image
 
-    from data.atomic import atomic_directory, write_json
-    from infer.export import render_turntable, save_mesh, save_turntable
-    from infer.generate import (
+    from iss3d.core.atomic import atomic_directory, write_json
+    from iss3d.infer.export import render_turntable, save_mesh, save_turntable
+    from iss3d.infer.generate import (
         _Progress,
         _score,
-        choose_device,
         device_info,
         resolve_models,
         versions,
@@ -608,16 +606,16 @@ def _stylize(
         warn,
         warning_suffix,
     )
-    from infer.guidance import PromptSchedule
-    from models.clip import load_clip
-    from models.mesh import MeshConfig, extract_mesh
+    from iss3d.infer.guidance import PromptSchedule
+    from iss3d.models.clip import load_clip
+    from iss3d.models.mesh import MeshConfig, extract_mesh
 
     st, ex = cfg.stylize, cfg.export
     timings: dict[str, float] = {}
     warnings_seen: list[str] = []
     with atomic_directory(out) as folder:
         t0 = time.perf_counter()
-        dev, note = choose_device(device)
+        dev, note = resolve_device(device)
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
         stage1_path = Path(stage1) if stage1 is not None else Path(latent["stage1"])
         if stage1 is None and not stage1_path.is_file():

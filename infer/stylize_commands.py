@@ -67,7 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def command_line(args: argparse.Namespace) -> str:
     """The stylize command as typed."""
-    from infer.generate_commands import typed_command
+    from iss3d.infer.generate_commands import typed_command
 
     flags = ("mode", "out", "seed", "steps", "views", "res", "preset", "stage1", "clip")
     return typed_command(["iss3d", "stylize", str(args.run_dir), args.style], args, flags)
@@ -75,13 +75,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 def stylize_command(args: argparse.Namespace) -> int:
     """Check the cheap things (numbers, mode, style, config, run folder) first, then run
-    :func:`infer.stylize.stylize`."""
-    from data.errors import UserError
-    from infer.generate_commands import check_loop_flags, flag_overrides
+    :func:`iss3d.infer.stylize.stylize`."""
+    from iss3d.core.errors import UserError
+    from iss3d.infer.generate_commands import check_loop_flags, flag_overrides
 
     check_loop_flags(args, ("steps", "views", "res"))
 
-    from infer.stylize import MODES, check_style, load_stylize_config, stylize
+    from iss3d.infer.stylize import MODES, check_style, load_stylize_config, stylize
 
     if args.mode is not None and args.mode not in MODES:
         raise UserError(f"--mode must be texture or shape+texture, got {args.mode!r}")

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.errors import UserError
-from data.images import composite_over_white, read_image
-from data.reader import MultiViewFile
-from models.checkpoints import load_prefixed, safe_load
-from models.decoder import Decoder
-from models.encoder import check_images
-from models.march import MarchConfig
-from models.metrics import depth_l1, mask_iou, occupancy_iou
-from models.renderer import Renderer
-from train.svr import SVRConfig
+from iss3d.core.errors import UserError
+from iss3d.data.images import composite_over_white, read_image
+from iss3d.data.reader import MultiViewFile
+from iss3d.models.checkpoints import load_prefixed, safe_load
+from iss3d.models.decoder import Decoder
+from iss3d.models.encoder import check_images
+from iss3d.models.march import MarchConfig
+from iss3d.models.metrics import depth_l1, mask_iou, occupancy_iou
+from iss3d.models.renderer import Renderer
+from iss3d.train.svr import SVRConfig
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -43,35 +44,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_export)
 
 
-def pick_device(name: str):
-    """``auto`` -> cuda when available else cpu; says so when cuda was asked for but is missing."""
-    import sys
-
-    import torch
-
-    from data.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        print("iss3d: CUDA is not available, running on the CPU", file=sys.stderr)
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {name!r}")
-    return torch.device(name)
-
-
 def _eval_svr(args) -> int:
-    from data.atomic import write_json_report
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from infer.svr import evaluate_svr, load_svr
+    from iss3d.core.atomic import write_json_report
+    from iss3d.core.device import resolve_device
+    from iss3d.core.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.svr import evaluate_svr, load_svr
 
     if args.input_views <= 0 or args.n_steps <= 1:
         raise UserError("--input-views must be positive and --n-steps at least 2")
-    device = pick_device(args.device)
+    device, note = resolve_device(args.device)
     model = load_svr(args.checkpoint, device)
     with MultiViewFile(args.data) as mv:
+        if note:
+            print(f"iss3d: {note}", file=sys.stderr)
         result = evaluate_svr(
             model, mv, args.split, args.input_views, args.n_steps, device, args.max_objects
         )
@@ -94,18 +80,19 @@ def _export(args) -> int:
     import torch
     from PIL import Image
 
-    from data.atomic import atomic_directory, write_json
-    from data.errors import UserError
-    from data.reader import MultiViewFile
-    from infer.export import render_turntable, save_mesh, save_turntable
-    from infer.svr import image_tensor, load_svr
-    from models.march import MarchConfig
-    from models.mesh import MeshConfig, extract_mesh
-    from models.renderer import Renderer
+    from iss3d.core.atomic import atomic_directory, write_json
+    from iss3d.core.device import resolve_device
+    from iss3d.core.errors import UserError
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.export import render_turntable, save_mesh, save_turntable
+    from iss3d.infer.svr import image_tensor, load_svr
+    from iss3d.models.march import MarchConfig
+    from iss3d.models.mesh import MeshConfig, extract_mesh
+    from iss3d.models.renderer import Renderer
 
     if args.resolution < 8 or args.turntable_views <= 0:
         raise UserError("--resolution must be at least 8 and --turntable-views positive")
-    device = pick_device(args.device)
+    device, note = resolve_device(args.device)
     model = load_svr(args.checkpoint, device)
     if args.image is not None:
         image = image_tensor(args.image, model)
@@ -123,6 +110,8 @@ def _export(args) -> int:
             rgb = mv.read_rgb(int(views[args.view]))
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)[None]
         source = f"{args.data}:{args.object}:view {args.view}"
+    if note:
+        print(f"iss3d: {note}", file=sys.stderr)
     c = model.encode(image.to(device))
     mesh = extract_mesh(
         model.decoder,

@@ -1,7 +1,7 @@
 """Cameras for stage 2: a random orbit distribution and fixed evaluation views.
 
 Every camera looks at the object's centre from a point on a sphere, in DVR's convention
-(:mod:`data.cameras`: ``world_mat`` world -> camera, ``camera_mat`` to normalised image
+(:mod:`iss3d.data.cameras`: ``world_mat`` world -> camera, ``camera_mat`` to normalised image
 coordinates, ``scale_mat`` identity). Azimuth 0 puts the camera on +z, which is where the
 synthetic world's objects face (a chair's back is at -z); elevation > 0 is above the object.
 Distances are in object units (the object lives in the unit cube).
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.cameras import DVR_FOCAL, intrinsics, look_at, orbit_eyes
-from data.errors import UserError
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import DVR_FOCAL, intrinsics, look_at, orbit_eyes
 
 __all__ = ["CameraConfig", "Views", "fixed_views", "sample_views"]
 

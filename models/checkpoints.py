@@ -67,10 +67,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.atomic import atomic_output
-from data.errors import UserError
-from models.decoder import Decoder, DecoderConfig
-from models.mapper import Mapper, MapperConfig
+from iss3d.core.atomic import atomic_output
+from iss3d.core.errors import UserError
+from iss3d.models.decoder import Decoder, DecoderConfig
+from iss3d.models.mapper import Mapper, MapperConfig
 
 __all__ = [
     "DVR_KEY_RULES",
@@ -422,13 +422,14 @@ class ISSCheckpoint:
     path: str = ""
 
     def build_mapper(self) -> Mapper:
-        """A :class:`models.mapper.Mapper` of the checkpoint's widths, with its weights."""
+        """A :class:`iss3d.models.mapper.Mapper` of the checkpoint's widths, with its weights."""
         mapper = self.mapper_config.build()
         _load_part(mapper, self, "mapper")
         return mapper
 
     def build_decoder(self) -> Decoder:
-        """A :class:`models.decoder.Decoder` of the checkpoint's architecture, with its weights."""
+        """A :class:`iss3d.models.decoder.Decoder` of the checkpoint's architecture, with its
+        weights."""
         decoder = self.decoder_config.build()
         _load_part(decoder, self, "decoder")
         return decoder
@@ -533,8 +534,8 @@ def load_iss_checkpoint(
         path: ``{'model': state_dict, 'optimizer', 'it', ...}`` (or a bare state dict) with
             ``generator.*``, ``decoder.*``, optional ``encoder.*`` and ``clip_model.*`` keys
             (key map in the module docstring). Read with ``weights_only=True``.
-        mapper: a :class:`models.mapper.Mapper` to fill in place (or None).
-        decoder: a :class:`models.decoder.Decoder` to fill in place (or None).
+        mapper: a :class:`iss3d.models.mapper.Mapper` to fill in place (or None).
+        decoder: a :class:`iss3d.models.decoder.Decoder` to fill in place (or None).
         encoder: an encoder to fill in place (or None; the checkpoint must then have
             ``encoder.*`` keys).
 

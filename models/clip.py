@@ -26,8 +26,9 @@ code's (nearest-neighbour resize to 224, one scalar mean/std): an antialiased bi
 model's own interpolation) resize of the shorter side to ``image_size``, a centre crop when the
 image is not square, then the model's per-channel mean/std.
 
-Every checkpoint is read with ``torch.load(weights_only=True)`` (``models.checkpoints.safe_load``)
-or with safetensors; a wrong-shaped state is a one-line UserError naming the first bad key.
+Every checkpoint is read with ``torch.load(weights_only=True)``
+(``iss3d.models.checkpoints.safe_load``) or with safetensors; a wrong-shaped state is a one-line
+UserError naming the first bad key.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from data.errors import UserError
-from models.checkpoints import load_state_into, safe_load
-from models.encoder import check_images
+from iss3d.core.errors import UserError
+from iss3d.core.resources import config_dir
+from iss3d.models.checkpoints import load_state_into, safe_load
+from iss3d.models.encoder import check_images
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -68,7 +70,7 @@ __all__ = [
 
 
 #: Our small open_clip model configs (``clip/<name>`` specs): ``configs/clip/<name>.json``.
-CLIP_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip"
+CLIP_CONFIG_DIR = config_dir() / "clip"
 
 #: The ``format`` entry of an exported checkpoint (``iss3d fit clip`` writes ``DIR/clip.pt``).
 CHECKPOINT_FORMAT = "iss3d-clip"
@@ -542,7 +544,7 @@ def export_checkpoint(
     ``image_mean``, ``image_std``, ``interpolation``, and ``info`` (e.g. ``trained_on``,
     ``step``; plain values only).
     """
-    from data.atomic import atomic_output
+    from iss3d.core.atomic import atomic_output
 
     state = {
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()

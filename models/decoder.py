@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import config as config_lib
-from data.errors import UserError
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
 
 __all__ = [
     "BranchedDecoder",

@@ -18,9 +18,9 @@ import torch
 import torchvision
 from torch import nn
 
-from data import config as config_lib
-from data.errors import UserError
-from models.checkpoints import load_state_into, safe_load
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
+from iss3d.models.checkpoints import load_state_into, safe_load
 
 __all__ = [
     "ENCODER_KINDS",

@@ -1,6 +1,6 @@
 """A fast marcher with the reference's answer: a coarse occupancy grid skips empty space.
 
-The reference (:func:`models.march.march`) evaluates the decoder at all ``n_steps`` samples of
+The reference (:func:`iss3d.models.march.march`) evaluates the decoder at all ``n_steps`` samples of
 every ray. Most of them lie in empty space. This marcher
 
 1. evaluates the decoder once per latent on a ``grid``^3 lattice over the padded cube (shared by
@@ -15,8 +15,8 @@ every ray. Most of them lie in empty space. This marcher
    ray at its first outside -> inside crossing between two evaluated samples; an evaluated
    inside sample whose predecessor was skipped sends the march back to evaluate it, so a
    crossing is never taken against a sample whose logit is unknown;
-4. refines hits with the same secant steps as the reference (:func:`models.march.secant_depth`),
-   on the hitting rays only.
+4. refines hits with the same secant steps as the reference
+   (:func:`iss3d.models.march.secant_depth`), on the hitting rays only.
 
 Every depth it returns is finite on a hit, and a crossing it finds is a crossing of the
 reference's samples. When the grid is conservative (no sample with a non-negative logit lies in
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.march import (
+from iss3d.models.march import (
     ImplicitField,
     MarchConfig,
     MarchResult,
@@ -208,7 +208,7 @@ def grid_march(
             ``window``, ``grid_levels``).
 
     Returns:
-        :class:`models.march.MarchResult`; ``evaluations`` counts the lattice, the searched
+        :class:`iss3d.models.march.MarchResult`; ``evaluations`` counts the lattice, the searched
         samples and the secant steps.
     """
     b, r = origins.shape[:2]

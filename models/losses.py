@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from models.march import ImplicitField
-from models.renderer import surface_normals
+from iss3d.models.march import ImplicitField
+from iss3d.models.renderer import surface_normals
 
 
 def rgb_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ Here the widths are configurable (:class:`MapperConfig`): ``n_wide`` layers of `
 outputs, then ``n_narrow`` layers of ``narrow`` outputs, the last of which outputs ``out_dim``.
 The layers are attributes ``linear_1`` ... ``linear_<n>``, the official module's names, so an
 official state dict loads by the identity map on ``generator.linear_<n>.*`` (see
-:func:`models.checkpoints.load_iss_checkpoint` for the key map).
+:func:`iss3d.models.checkpoints.load_iss_checkpoint` for the key map).
 
 :func:`perturb_feature` is the feature perturbation of ISS (normalize(tau f + (1 - tau) z), z a
 unit-norm Gaussian vector): the noisy mapper input of stage 1 and the diversity perturbation of
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import config as config_lib
-from data.errors import UserError
+from iss3d.core import config as config_lib
+from iss3d.core.errors import UserError
 
 __all__ = [
     "Mapper",

@@ -3,8 +3,8 @@
 The reference marcher (:func:`march`) samples ``n_steps`` depths per ray inside the ray's
 intersection with the padded unit cube, evaluates the decoder at every sample, finds the first
 outside -> inside sign change of the occupancy logit and refines it with secant steps, all
-without gradients. :func:`models.grid_march.grid_march` gives the same answer with fewer decoder
-calls; both share the sampling, the crossing rule and the secant refinement defined here.
+without gradients. :func:`iss3d.models.grid_march.grid_march` gives the same answer with fewer
+decoder calls; both share the sampling, the crossing rule and the secant refinement defined here.
 
 A field is anything with ``occupancy(points, c) -> (B, N)`` logits (inside > 0) and
 ``rgb(points, c) -> (B, N, 3)`` in [0, 1], points (B, N, 3) in the object frame, c (B, c_dim)
@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 class ImplicitField(Protocol):
@@ -52,7 +52,7 @@ class MarchConfig:
     0.5 + padding / 2). chunk: points per decoder call. min_grad: |grad f . w| is clamped to at
     least this in the implicit gradient (DVR: 1e-3).
     method: ``"dense"``, the reference (the decoder at every sample), or ``"grid"``
-        (:func:`models.grid_march.grid_march`: the same samples and the same answer, but the
+        (:func:`iss3d.models.grid_march.grid_march`: the same samples and the same answer, but the
         decoder only where a coarse occupancy grid cannot rule surface out; pays off when many
         rays share a latent).
     outside_cube: rays that miss the padded cube: ``"skip"`` (ours: they miss, no decoder

@@ -11,8 +11,8 @@ import torch
 from skimage.measure import marching_cubes
 from torch.nn import functional as F
 
-from models.march import ImplicitField, occupancy_and_rgb
-from models.precision import native_bfloat16
+from iss3d.models.march import ImplicitField, occupancy_and_rgb
+from iss3d.models.precision import native_bfloat16
 
 SEARCH_PRECISIONS = ("auto", "float32", "bfloat16")
 

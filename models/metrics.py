@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from models.march import ImplicitField, occupancy_in_chunks
+from iss3d.models.march import ImplicitField, occupancy_in_chunks
 
 __all__ = ["depth_l1", "iou", "mask_iou", "occupancy_iou"]
 
@@ -45,7 +45,7 @@ def occupancy_iou(
         decoder: anything with ``occupancy(points (B, N, 3), c) -> (B, N)`` logits.
         c: (B, c_dim) latents (None for an unconditional decoder).
         points: (B, P, 3) object-frame points; for the usual IoU use the uniform samples in the
-            padded cube (the first ``n_uniform`` of :class:`data.records.OccupancySamples`).
+            padded cube (the first ``n_uniform`` of :class:`iss3d.data.records.OccupancySamples`).
         inside: (B, P) bool ground-truth occupancy of ``points``.
         chunk: points per decoder call (over the whole batch).
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -215,7 +215,7 @@ def export_pointnet(
 ) -> Path:
     """Save ``model`` as ``{"format": "iss3d-pointnet", "k", "categories", "num_points",
     "state_dict"}`` (TreeGAN key names inside), written atomically."""
-    from data.atomic import atomic_output
+    from iss3d.core.atomic import atomic_output
 
     path = Path(path)
     blob = {
@@ -244,7 +244,7 @@ def load_pointnet(
         UserError: missing / unreadable file, not a PointNet state, a missing, unexpected or
             wrongly shaped key.
     """
-    from models.checkpoints import load_state_into, safe_load
+    from iss3d.models.checkpoints import load_state_into, safe_load
 
     path = Path(path)
     obj = safe_load(path, what="PointNet checkpoint")

@@ -1,8 +1,8 @@
 """Differentiable rendering of an occupancy/colour field along camera rays, DVR's way.
 
-A march (:mod:`models.march`, or the faster :mod:`models.grid_march` with the same answer)
-finds each ray's first surface crossing without gradients. The depth then gets its gradient by
-implicit differentiation (:class:`ImplicitDepth`): on the surface f(o + d w) = 0, so
+A march (:mod:`iss3d.models.march`, or the faster :mod:`iss3d.models.grid_march` with the same
+answer) finds each ray's first surface crossing without gradients. The depth then gets its
+gradient by implicit differentiation (:class:`ImplicitDepth`): on the surface f(o + d w) = 0, so
 ``dd/dtheta = -(df/dtheta) / (grad_p f . w)``.
 
 Silhouette convention, everywhere (renders, losses, metrics): a ray meets the object when it
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from data.cameras import pixel_coords, rays
-from models.grid_march import grid_march
-from models.march import ImplicitField, MarchConfig, MarchResult, march
+from iss3d.data.cameras import pixel_coords, rays
+from iss3d.models.grid_march import grid_march
+from iss3d.models.march import ImplicitField, MarchConfig, MarchResult, march
 
 
 @dataclass
@@ -77,7 +77,8 @@ def run_march(
     cfg: MarchConfig,
 ) -> MarchResult:
     """The march ``cfg.method`` names, without gradients: the reference
-    (:func:`models.march.march`) or the grid march (:func:`models.grid_march.grid_march`)."""
+    (:func:`iss3d.models.march.march`) or the grid march
+    (:func:`iss3d.models.grid_march.grid_march`)."""
     marcher = grid_march if cfg.method == "grid" else march
     return marcher(field, c, origins, dirs, cfg)
 

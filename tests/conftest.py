@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.synth.build import SynthConfig, synthesize
+from iss3d.data.synth.build import SynthConfig, synthesize
 
 TINY_WORLD = SynthConfig(
     objects=12, views=6, res=32, surface_points=2048, occ_uniform=256, occ_near=256, seed=0

@@ -9,7 +9,7 @@ import h5py
 import pytest
 from PIL import Image
 
-from infer.cli import main
+from iss3d.infer.cli import main
 
 SYNTH = [
     "--objects",

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.cameras import intrinsics, look_at, orbit_eyes
-from models.march import MarchConfig
-from models.mesh import MeshConfig, extract_mesh
-from models.renderer import Renderer
+from iss3d.data.cameras import intrinsics, look_at, orbit_eyes
+from iss3d.models.march import MarchConfig
+from iss3d.models.mesh import MeshConfig, extract_mesh
+from iss3d.models.renderer import Renderer
 
 pytestmark = pytest.mark.gpu
 
@@ -31,7 +31,7 @@ PROMPT = "a blue lamp"  # a thin stem: the hardest shipped shape for the grid ma
 
 def shipped(device: torch.device):
     """The shipped stage-1 model, CLIP and M(f_T) of :data:`PROMPT` on ``device``."""
-    from infer.generate import resolve_models
+    from iss3d.infer.generate import resolve_models
 
     model, _, clip, _ = resolve_models(None, None, device)
     with torch.no_grad():
@@ -116,9 +116,9 @@ def test_mesh_on_cuda_matches_the_cpu():
 
 
 def test_one_stage2_step_on_cuda_matches_the_cpu():
-    from infer.generate import load_generate_config
-    from infer.guidance import Guide, PromptSchedule
-    from infer.stage2 import run_stage2
+    from iss3d.infer.generate import load_generate_config
+    from iss3d.infer.guidance import Guide, PromptSchedule
+    from iss3d.infer.stage2 import run_stage2
 
     cfg = dataclasses.replace(load_generate_config("tiny").stage2, steps=1, keep="last")
 

@@ -1,6 +1,6 @@
 """Contrastive training of a small CLIP on (render, caption) pairs: ``iss3d fit clip``.
 
-One training step (a batch of B views from :class:`data.datasets.ViewDataset`; each item is a
+One training step (a batch of B views from :class:`iss3d.data.datasets.ViewDataset`; each item is a
 random view with one of its object's captions at random):
 
 1. images (B, 3, H, W) in [0, 1] -> optional random resized crop (+ flip; never colour jitter:
@@ -23,7 +23,7 @@ is one of theirs), and on the world ``colour_acc``, ``category_acc`` and ``top1_
 (views of the held-out pairs that never occur in train).
 
 At the end ``iss3d fit clip`` writes ``DIR/clip.pt``, a self-contained half-precision export
-(:func:`models.clip.export_checkpoint`) that ``models.clip.load_clip`` reads.
+(:func:`iss3d.models.clip.export_checkpoint`) that ``iss3d.models.clip.load_clip`` reads.
 """
 
 from __future__ import annotations
@@ -40,20 +40,20 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from data.config import StrictConfig
-from data.datamodule import DataConfig
-from data.errors import UserError
-from data.reader import MultiViewFile
-from models.clip import (
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.data.reader import MultiViewFile
+from iss3d.models.clip import (
     ClipModel,
     RandomResizedCrop,
     build_open_clip,
     clip_config,
     export_checkpoint,
 )
-from models.clip import _simple_tokenizer as simple_tokenizer
-from train.runs import RunConfig, TrainerConfig
-from train.system import DataSystem
+from iss3d.models.clip import _simple_tokenizer as simple_tokenizer
+from iss3d.train.datamodule import DataConfig
+from iss3d.train.runs import RunConfig, TrainerConfig
+from iss3d.train.system import DataSystem
 
 __all__ = [
     "ClipAugmentConfig",
@@ -224,7 +224,7 @@ def _article(word: str) -> str:
 
 def zero_shot_classes(file: MultiViewFile) -> ZeroShotClasses:
     """Classes and object labels for :func:`zero_shot_accuracy` (see the module docstring)."""
-    from data.synth import world
+    from iss3d.data.synth import world
 
     n = file.num_objects
     metas = [file.meta(i) for i in range(n)]
@@ -313,7 +313,7 @@ def zero_shot_accuracy(
     """Zero-shot classification and text -> image retrieval on the views of a split.
 
     Args:
-        clip: a :class:`models.clip.ClipModel` (anything with ``encode_image`` /
+        clip: a :class:`iss3d.models.clip.ClipModel` (anything with ``encode_image`` /
             ``encode_text`` and a ``device``).
         file: a multi-view HDF5 path or an open :class:`MultiViewFile`.
         split: "train", "val", "test", or None for every object.
@@ -569,8 +569,8 @@ def fit_clip(
     progress: bool = True,
 ) -> int:
     """Validate the data, prepare the run folder, train, export ``DIR/clip.pt``. Returns 0."""
-    from data.datamodule import MultiViewDataModule
-    from train import runs
+    from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     datamodule = MultiViewDataModule(cfg.data)
     datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder

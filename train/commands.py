@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ STAGES = (
         "svr",
         "train the single-view reconstruction model (DVR) on a multi-view dataset",
         "Train DVR's encoder + decoder.",
-        "train.svr",
+        "iss3d.train.svr",
         "SVRConfig",
     ),
     FitStage(
@@ -52,7 +52,7 @@ STAGES = (
         "train a small CLIP contrastively on (view, caption) pairs of a multi-view dataset",
         "Train a small open_clip model (configs/clip/*.json) on the views and captions of a "
         "dataset; validates zero-shot top-1 and text->image R@1, and writes DIR/clip.pt.",
-        "train.clip",
+        "iss3d.train.clip",
         "ClipConfig",
     ),
     FitStage(
@@ -60,7 +60,7 @@ STAGES = (
         "ISS stage 1: map CLIP image features to SVR latents, fine-tune the decoder",
         "Train the CLIP2Shape mapper on a trained SVR model (encoder frozen, decoder "
         "fine-tuned with the DVR and background losses).",
-        "train.stage1",
+        "iss3d.train.stage1",
         "Stage1Config",
         (
             StageFlag("--svr", "svr", "SVR checkpoint of iss3d fit svr (sets svr)"),
@@ -76,7 +76,7 @@ STAGES = (
         "train TreeGAN's PointNet classifier on surface points (the FPD feature network)",
         "Train a PointNet classifier (TreeGAN's layout) on the categories of a dataset with "
         "surface points; writes DIR/pointnet.pt for iss3d evaluate --pointnet.",
-        "train.pointnet",
+        "iss3d.train.pointnet",
         "PointNetConfig",
     ),
     FitStage(
@@ -84,7 +84,7 @@ STAGES = (
         "ISS's E_I + D baseline: a decoder trained on frozen CLIP image features",
         "Train a decoder conditioned directly on CLIP image features (no SVR encoder, no "
         "mapper) with the DVR and background losses; iss3d evaluate --ei-d feeds it f_T.",
-        "train.eid",
+        "iss3d.train.eid",
         "EIDConfig",
         (StageFlag("--clip", "clip", "CLIP spec (sets clip); decoder.c_dim = its feature size"),),
     ),
@@ -142,7 +142,7 @@ def command_line(stage: FitStage, args: argparse.Namespace) -> str:
 
 def run_fit(stage: FitStage, args: argparse.Namespace) -> int:
     """Config from YAML + flags + overrides, checked; then the stage's ``fit_<name>``."""
-    from train import runs
+    from iss3d.core.config import apply_overrides, find_config, read_yaml
 
     module = importlib.import_module(stage.module)
     config_class = getattr(module, stage.config_class)
@@ -152,9 +152,7 @@ def run_fit(stage: FitStage, args: argparse.Namespace) -> int:
             overrides.append((extra.key, str(getattr(args, extra.key))))
     if args.data is not None:
         overrides.append(("data.path", str(args.data)))
-    raw = runs.apply_overrides(
-        runs.read_yaml(runs.find_config(args.config)), overrides, config_class
-    )
+    raw = apply_overrides(read_yaml(find_config(args.config)), overrides, config_class)
     if not isinstance(raw.get("data"), dict) or raw["data"].get("path") in (None, ""):
         raise UserError("no dataset: give --data FILE (or data.path in the config)")
     cfg = config_class.from_dict(raw)

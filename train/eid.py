@@ -3,7 +3,7 @@
 No SVR encoder and no mapper: the frozen CLIP image encoder E_I gives the latent c = f_I of
 view 0 of each object directly (unit norm, clip_embed_dim wide), and a fresh decoder D (its
 ``c_dim`` must be the CLIP feature size) is trained with the DVR losses of
-:func:`train.svr.svr_losses` plus ISS's background loss (``loss.lambda_bg``) on the
+:func:`iss3d.train.svr.svr_losses` plus ISS's background loss (``loss.lambda_bg``) on the
 decoder-drawn background. At test time ``iss3d evaluate`` feeds D the text feature f_T in place
 of f_I (method ``ei-d``); the gap between the two is what the ablation measures.
 
@@ -12,7 +12,7 @@ and of D(f_T) for each object's first caption (``val/iou_text``).
 
 Checkpoints (``checkpoints/last.ckpt``): ``state_dict`` with ``decoder.*``; hyper-parameters
 ``kind: ei-d``, ``config``, ``clip_spec``, ``clip_embed_dim`` (read by
-:func:`infer.methods.load_eid`).
+:func:`iss3d.infer.methods.load_eid`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from data.config import StrictConfig
-from data.datamodule import DataConfig
-from data.errors import UserError
-from models.decoder import DecoderConfig
-from models.metrics import occupancy_iou
-from train.runs import RunConfig, TrainerConfig
-from train.svr import (
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.models.decoder import DecoderConfig
+from iss3d.models.metrics import occupancy_iou
+from iss3d.train.datamodule import DataConfig
+from iss3d.train.runs import RunConfig, TrainerConfig
+from iss3d.train.svr import (
     AdamConfig,
     SVRLossConfig,
     SVRMarchConfig,
@@ -39,14 +39,14 @@ from train.svr import (
     svr_losses,
     weighted_total,
 )
-from train.system import DataSystem, Frozen
+from iss3d.train.system import DataSystem, Frozen
 
 __all__ = ["EIDConfig", "EIDLossConfig", "EIDSystem", "fit_eid"]
 
 
 @dataclass
 class EIDLossConfig(SVRLossConfig):
-    """The DVR losses of :class:`train.svr.SVRLossConfig` plus ``lambda_bg``, the weight of
+    """The DVR losses of :class:`iss3d.train.svr.SVRLossConfig` plus ``lambda_bg``, the weight of
     ISS's background loss (30 in the official stage 1; 0 disables it)."""
 
     lambda_bg: float = 30.0
@@ -106,7 +106,7 @@ class EIDSystem(DataSystem):
         return model
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        from train.stage1 import background_ray_loss
+        from iss3d.train.stage1 import background_ray_loss
 
         lc = self.cfg.loss
         march_cfg = self.cfg.march.march_config(self.global_step)
@@ -154,9 +154,9 @@ def fit_eid(
     cfg: EIDConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
 ) -> int:
     """Check the CLIP model, the decoder size and the data; prepare the run folder; train."""
-    from data.datamodule import MultiViewDataModule
-    from models.clip import load_clip
-    from train import runs
+    from iss3d.models.clip import load_clip
+    from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     if not cfg.clip:
         raise UserError("no CLIP model: give --clip SPEC (or clip in the config)")

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.datasets import ViewDataset
-from data.errors import UserError
-from data.reader import MultiViewFile
-from models.mapper import mapper_loss
+from iss3d.core.errors import UserError
+from iss3d.data.datasets import ViewDataset
+from iss3d.data.reader import MultiViewFile
+from iss3d.models.mapper import mapper_loss
 
 __all__ = [
     "MapperPrefitConfig",
@@ -74,7 +74,7 @@ def feature_pairs(
 
     Args:
         targets: images (B, 3, H, W) in [0, 1] on ``device`` -> (c (B, c_dim), f (B, D)), e.g.
-            :meth:`train.stage1.Stage1System.targets`.
+            :meth:`iss3d.train.stage1.Stage1System.targets`.
         file, split: the training views.
         batch_size: views per call of ``targets``.
         device: where ``targets`` runs.
@@ -121,7 +121,7 @@ def prefit_mapper(
         mapper: M, trained in place.
         f: (N, D) CLIP image features; c: (N, c_dim) SVR latents.
         cfg: epochs, batch size, learning rate.
-        loss_kind: stage 1's L_M ("l2" or "l1", :func:`models.mapper.mapper_loss`).
+        loss_kind: stage 1's L_M ("l2" or "l1", :func:`iss3d.models.mapper.mapper_loss`).
         mapper_input: f -> M's input (stage 1's noise mixing, or the identity).
         seed: seed of the shuffling.
 

@@ -1,6 +1,6 @@
 """``iss3d fit pointnet``: train TreeGAN's PointNet classifier on a dataset's surface points.
 
-The classifier is :class:`models.pointnet.PointNetCls` (TreeGAN's layout, k = the dataset's
+The classifier is :class:`iss3d.models.pointnet.PointNetCls` (TreeGAN's layout, k = the dataset's
 category count unless ``k`` is set), trained as fxia22's ``pointnet.pytorch`` trains it: Adam
 1e-3, cross-entropy on the category, one random subset of ``data.points`` surface points per
 object and step, centred and scaled to the unit sphere, randomly rotated about the up axis and
@@ -9,7 +9,7 @@ jittered. Its features then serve the Frechet PointNet Distance of ``iss3d evalu
 Data: any multi-view file with categories (at least two) and surface points (``eval/
 surface_points``: the synthetic world has them). The run folder follows the conventions of the
 other trainers (config.yaml, command.txt, checkpoints/last.ckpt, --resume, overrides) and ends
-with ``DIR/pointnet.pt`` (:func:`models.pointnet.export_pointnet`: TreeGAN key names, the
+with ``DIR/pointnet.pt`` (:func:`iss3d.models.pointnet.export_pointnet`: TreeGAN key names, the
 category names, the point count), which ``iss3d evaluate --pointnet`` reads.
 """
 
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from data.config import StrictConfig
-from data.errors import UserError
-from models.pointnet import PointNetCls, normalize_clouds
-from train.runs import RunConfig, TrainerConfig
-from train.svr import AdamConfig
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.models.pointnet import PointNetCls, normalize_clouds
+from iss3d.train.runs import RunConfig, TrainerConfig
+from iss3d.train.svr import AdamConfig
 
 __all__ = [
     "PointNetConfig",
@@ -188,9 +188,9 @@ def fit_pointnet(
     cfg: PointNetConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
 ) -> int:
     """Check the data, prepare the run folder, train, export ``DIR/pointnet.pt``. Returns 0."""
-    from data.reader import MultiViewFile
-    from models.pointnet import export_pointnet
-    from train import runs
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.models.pointnet import export_pointnet
+    from iss3d.train import runs
 
     d = cfg.data
     file = MultiViewFile(d.path)

@@ -1,10 +1,10 @@
-"""Run conventions shared by every trainer: configs, overrides, run folders, resume, Lightning.
+"""Run conventions shared by every trainer: run configs, run folders, resume, Lightning.
 
 A training command goes through these steps, in this order, so that a bad config or a bad data
 file never leaves a run folder behind:
 
-1. :func:`load_config`: YAML (a path, or a name under ``configs/`` such as ``svr/tiny``) ->
-   raw dict -> ``key.sub=value`` overrides -> strict dataclass (``data.config.from_dict``).
+1. :func:`iss3d.core.config.load_config`: YAML (a path, or a name under ``configs/`` such as
+   ``svr/tiny``) -> raw dict -> ``key.sub=value`` overrides -> strict dataclass.
 2. The stage validates everything else it needs (opens the data file, builds its datasets).
 3. :meth:`RunDir.prepare`: checks the folder (a fresh one, or ``--resume`` with the same config
    except ``trainer.max_steps``), then creates it and writes ``config.yaml`` and ``command.txt``.
@@ -14,7 +14,7 @@ file never leaves a run folder behind:
 
 Run folder layout::
 
-    DIR/config.yaml            resolved config (data.config.to_dict)
+    DIR/config.yaml            resolved config (iss3d.core.config.to_dict)
     DIR/command.txt            the command line(s) that ran in this folder, one per line
     DIR/checkpoints/last.ckpt  Lightning checkpoint (weights, optimizer, step)
     DIR/csv/version_<n>/metrics.csv   one version per invocation (a resume adds one)
@@ -24,48 +24,36 @@ Run folder layout::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
 import re
 import time
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
-from data import config as config_lib
-from data.atomic import atomic_output
-from data.errors import UserError
-
-T = TypeVar("T")
-
-#: The repository's ``configs/`` folder (config names such as ``svr/tiny`` resolve here).
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from iss3d.core.atomic import atomic_output
+from iss3d.core.config import read_yaml
+from iss3d.core.errors import UserError
 
 #: Keys whose value may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"trainer.max_steps"})
 
 __all__ = [
-    "CONFIG_DIR",
     "RESUMABLE_CHANGES",
     "RunConfig",
     "RunDir",
     "TrainerConfig",
-    "apply_overrides",
     "config_callbacks",
     "config_differences",
-    "find_config",
+    "default_run_dir",
     "fit",
-    "load_config",
-    "load_preset",
     "make_trainer",
-    "parse_override",
-    "read_yaml",
+    "resolve_precision",
 ]
 
 
@@ -156,189 +144,6 @@ class RunConfig:
             )
         if self.seed < 0:
             raise UserError(f"run config: 'seed' must be >= 0, got {self.seed}")
-
-
-# -- configs ------------------------------------------------------------------------------
-
-
-class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
-
-
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def find_config(spec: str | os.PathLike) -> Path:
-    """The YAML file a config argument names: a path, or a name under ``configs/``.
-
-    ``svr/tiny`` -> ``configs/svr/tiny.yaml``; an existing path is used as it is.
-
-    Raises:
-        UserError: nothing found (names both places looked at).
-    """
-    path = Path(spec)
-    if path.is_file():
-        return path
-    candidates = [CONFIG_DIR / path]
-    if path.suffix not in (".yaml", ".yml"):
-        candidates.insert(0, CONFIG_DIR / f"{path}.yaml")
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    if path.is_dir():
-        raise UserError(f"config {str(spec)!r}: is a folder, expected a YAML file")
-    raise UserError(f"config {str(spec)!r}: no such file (looked for {path} and {candidates[0]})")
-
-
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping (an empty file gives {}).
-
-    Raises:
-        UserError: unreadable, invalid YAML (with the line), or not a mapping.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    try:
-        data = yaml.load(text, Loader=YamlLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
-    return data
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-4"`` -> ``("optim.lr", 0.0003)``; the value is parsed as YAML (safe).
-
-    ``key=`` gives None (YAML null). Raises UserError without ``=`` or with an empty key.
-    """
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"bad override {text!r}: expected key.sub=value, e.g. optim.lr=3e-4")
-    try:
-        parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else None
-    except yaml.YAMLError:
-        raise UserError(f"bad override {text!r}: the value is not valid YAML") from None
-    return key, parsed
-
-
-def _dataclass_of(tp: Any) -> type | None:
-    """The dataclass in an annotation (``X`` or ``X | None``), else None."""
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return tp
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg) and isinstance(arg, type):
-            return arg
-    return None
-
-
-def _is_mapping_type(tp: Any) -> bool:
-    return tp is dict or typing.get_origin(tp) is dict or tp is Any
-
-
-def apply_overrides(
-    raw: Mapping[str, Any], overrides: Iterable[tuple[str, Any] | str], cls: type
-) -> dict[str, Any]:
-    """Set dotted keys in a copy of the raw config, checking each key against ``cls``.
-
-    Args:
-        raw: the config as read from YAML (not modified).
-        overrides: ``(key, value)`` pairs or ``"key=value"`` strings.
-        cls: the config dataclass; every key must name a field (nested through dataclass
-            sections; inside a ``dict`` field any sub-key is allowed).
-
-    Raises:
-        UserError: ``unknown config key 'optim.lrr' (no field 'lrr' in section 'optim')``.
-    """
-    out = _deep_copy(raw)
-    for item in overrides:
-        key, value = parse_override(item) if isinstance(item, str) else item
-        parts = key.split(".")
-        node_cls: type | None = cls
-        node = out
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            section = ".".join(parts[:depth]) or "top level"
-            if node_cls is not None:
-                fields = {f.name: f for f in dataclasses.fields(node_cls) if f.init}
-                if part not in fields:
-                    known = ", ".join(fields)
-                    raise UserError(
-                        f"unknown config key {key!r} (no {part!r} in {section}; known: {known})"
-                    )
-                tp = typing.get_type_hints(node_cls).get(part, Any)
-                sub_cls = _dataclass_of(tp)
-                if not last and sub_cls is None and not _is_mapping_type(tp):
-                    raise UserError(
-                        f"unknown config key {key!r} ({'.'.join(parts[: depth + 1])!r} is a "
-                        "value, not a section)"
-                    )
-                node_cls = sub_cls
-            if last:
-                node[part] = value
-            else:
-                child = node.get(part)
-                if not isinstance(child, dict):
-                    child = {}
-                    node[part] = child
-                node = child
-    return out
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
-
-
-def load_config(
-    cls: type[T],
-    spec: str | os.PathLike,
-    overrides: Sequence[tuple[str, Any] | str] = (),
-    what: str = "config",
-) -> T:
-    """Read a YAML config, apply overrides and parse it strictly into ``cls``.
-
-    Args:
-        cls: the stage's config dataclass.
-        spec: a YAML path or a name under ``configs/`` (``"svr/tiny"``).
-        overrides: ``"key.sub=value"`` strings or ``(key, value)`` pairs, applied in order.
-        what: how errors name the config.
-
-    Raises:
-        UserError: missing file, bad YAML, unknown key, wrong type or bad value.
-    """
-    path = find_config(spec)
-    raw = apply_overrides(read_yaml(path), overrides, cls)
-    return config_lib.from_dict(cls, raw, what)
-
-
-def load_preset(
-    cls: type[T],
-    folder: str,
-    preset: str | os.PathLike,
-    overrides: Sequence[tuple[str, Any] | str] = (),
-) -> T:
-    """:func:`load_config` for a preset name (``configs/<folder>/<preset>.yaml``) or a YAML path;
-    errors name the config ``"<folder> config"``."""
-    path = Path(preset)
-    spec = path if path.suffix in (".yaml", ".yml") or path.is_file() else f"{folder}/{preset}"
-    return load_config(cls, spec, overrides, f"{folder} config")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -489,7 +294,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     import torch
 
-    from models.precision import native_bfloat16
+    from iss3d.models.precision import native_bfloat16
 
     cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

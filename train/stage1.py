@@ -6,7 +6,7 @@
 Models: the trained SVR model's encoder E_S (frozen, eval) and decoder D (fine-tuned), the CLIP
 model (frozen, eval; kept out of the checkpoints) and the mapper M (trained from scratch).
 
-One training step (a batch of B objects from :class:`data.datasets.ObjectDataset`, K views
+One training step (a batch of B objects from :class:`iss3d.data.datasets.ObjectDataset`, K views
 each, n sampled pixels per view; the input image I is view 0 of each object):
 
 1. Without gradients: c = E_S(I) (B, c_dim) and f_I = CLIP(I) (B, embed_dim, unit norm).
@@ -14,10 +14,10 @@ each, n sampled pixels per view; the input image I is view 0 of each object):
    ``loss.noise_alpha`` is set (z a unit-norm Gaussian vector, s = ``loss.noise_feature_norm``),
    else f~_I = f_I. "l2": mean over objects of the squared L2 distance (the paper);
    "l1": mean absolute difference over objects and channels (the official code, x2000).
-3. The DVR losses of :func:`train.svr.svr_losses` on D conditioned on c (``loss_rgb``, ...).
+3. The DVR losses of :func:`iss3d.train.svr.svr_losses` on D conditioned on c (``loss_rgb``, ...).
 4. ``loss_bg``: the sampled rays the prediction misses (in the march of step 3) show the
    decoder's colour where the ray leaves the padded cube (the renderer's ``"field"``
-   background); mean |1 - rgb| over them (:func:`models.losses.background_loss`).
+   background); mean |1 - rgb| over them (:func:`iss3d.models.losses.background_loss`).
 5. total = sum of lambda_<name> * loss_<name>. c carries no graph, so L_D and L_bg reach D only
    and L_M reaches M only; one Adam with two parameter groups (M, D), as the official code.
 
@@ -33,7 +33,7 @@ Checkpoints (Lightning ``last.ckpt``): ``state_dict`` with ``mapper.*``, ``decod
 fine-tuned D) and ``encoder.*`` (E_S, unchanged); ``hyper_parameters``: ``config`` (this
 stage's config: mapper widths, CLIP spec, ...), ``svr_config`` (the SVR model's, with the
 decoder and encoder configs), ``image_size`` [H, W], ``clip_spec``, ``clip_embed_dim``. With
-the CLIP model that is everything stage 2 needs (:func:`infer.stage1.load_stage1`).
+the CLIP model that is everything stage 2 needs (:func:`iss3d.infer.stage1.load_stage1`).
 """
 
 from __future__ import annotations
@@ -48,17 +48,17 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from data.config import StrictConfig
-from data.datamodule import DataConfig
-from data.errors import UserError
-from models import losses as L
-from models.mapper import MapperConfig, mapper_loss, perturb_feature
-from models.march import MarchConfig
-from models.metrics import occupancy_iou
-from models.renderer import RayHits, Renderer
-from train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
-from train.runs import RunConfig, TrainerConfig
-from train.svr import (
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.models import losses as L
+from iss3d.models.mapper import MapperConfig, mapper_loss, perturb_feature
+from iss3d.models.march import MarchConfig
+from iss3d.models.metrics import occupancy_iou
+from iss3d.models.renderer import RayHits, Renderer
+from iss3d.train.datamodule import DataConfig
+from iss3d.train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
+from iss3d.train.runs import RunConfig, TrainerConfig
+from iss3d.train.svr import (
     AdamConfig,
     SVRLossConfig,
     SVRMarchConfig,
@@ -68,7 +68,7 @@ from train.svr import (
     svr_losses,
     weighted_total,
 )
-from train.system import DataSystem, Frozen
+from iss3d.train.system import DataSystem, Frozen
 
 __all__ = [
     "Stage1Config",
@@ -96,7 +96,7 @@ class Stage1LossConfig(SVRLossConfig):
             1 follows the formula as written; the official code mixes the raw CLIP ViT-B/32
             feature (norm well above 1), which is much less noise for the same alpha.
         lambda_bg: weight of L_bg (the official code: 30; 0 disables it, for ablations).
-        Others: as :class:`train.svr.SVRLossConfig` (lambda_rgb, lambda_depth, ...).
+        Others: as :class:`iss3d.train.svr.SVRLossConfig` (lambda_rgb, lambda_depth, ...).
     """
 
     mapper_loss: Literal["l2", "l1"] = "l2"
@@ -121,7 +121,7 @@ class Stage1LossConfig(SVRLossConfig):
 class Stage1OptimConfig(AdamConfig):
     """Adam settings (YAML section ``optim``): ``lr`` for the mapper, ``decoder_lr`` for the
     decoder (None: ``lr``; the official code uses 1e-4 for both), betas, milestones, gamma as
-    :class:`train.svr.AdamConfig` (the schedule scales both groups)."""
+    :class:`iss3d.train.svr.AdamConfig` (the schedule scales both groups)."""
 
     decoder_lr: float | None = None
 
@@ -137,11 +137,11 @@ class Stage1Config(StrictConfig):
     Attributes:
         data: the multi-view file (mode "object", K >= 2 views, sampled pixels).
         svr: the trained SVR checkpoint (``iss3d fit svr``'s ``last.ckpt``; ``--svr``).
-        clip: the CLIP spec for :func:`models.clip.load_clip` (``--clip``).
+        clip: the CLIP spec for :func:`iss3d.models.clip.load_clip` (``--clip``).
         mapper: M's widths; ``in_dim`` must equal the CLIP embedding size and ``out_dim`` the
             SVR latent size (checked before a run starts).
         prefit: fit M on cached (f_I, E_S(I)) pairs of every training view before the joint
-            loop (:mod:`train.mapper_prefit`; off by default).
+            loop (:mod:`iss3d.train.mapper_prefit`; off by default).
         march, loss, optim, val, trainer, run: as the SVR stage (see the dataclasses).
     """
 
@@ -178,7 +178,8 @@ def background_ray_loss(
     Args:
         decoder: an implicit field (``occupancy``, ``rgb``).
         c: (B, c_dim) latents.
-        hits: the march of (B, R) rays (e.g. the third result of :func:`train.svr.svr_losses`).
+        hits: the march of (B, R) rays (e.g. the third result of
+            :func:`iss3d.train.svr.svr_losses`).
 
     Returns:
         (loss, background share): the scalar loss (0 when no ray misses; a graph to the
@@ -197,8 +198,8 @@ class Stage1System(DataSystem):
 
     Args:
         config: a :class:`Stage1Config` or its plain-dict form.
-        svr: the trained SVR model (:class:`infer.svr.SVRModel`); None: load ``config.svr``.
-        clip: the CLIP model (``models.clip.ClipModel``); None: load ``config.clip``.
+        svr: the trained SVR model (:class:`iss3d.infer.svr.SVRModel`); None: load ``config.svr``.
+        clip: the CLIP model (``iss3d.models.clip.ClipModel``); None: load ``config.clip``.
         image_dir: where validation image grids go (``step_<k>.png``); None: not saved.
 
     State-dict keys: ``mapper.*``, ``decoder.*``, ``encoder.*`` (CLIP is not saved).
@@ -215,13 +216,13 @@ class Stage1System(DataSystem):
         cfg = config if isinstance(config, Stage1Config) else Stage1Config.from_dict(config)
         self.cfg = cfg
         if svr is None:
-            from infer.svr import load_svr
+            from iss3d.infer.svr import load_svr
 
             if not cfg.svr:
                 raise UserError("no SVR checkpoint: give --svr CKPT (or svr in the config)")
             svr = load_svr(cfg.svr)
         if clip is None:
-            from models.clip import load_clip
+            from iss3d.models.clip import load_clip
 
             if not cfg.clip:
                 raise UserError("no CLIP model: give --clip SPEC (or clip in the config)")
@@ -484,10 +485,10 @@ def fit_stage1(
 ) -> int:
     """Validate the SVR checkpoint, the CLIP model, their sizes and the data; prepare the run
     folder and train. Nothing is created before every check has passed. Returns 0."""
-    from data.datamodule import MultiViewDataModule
-    from infer.svr import load_svr
-    from models.clip import load_clip
-    from train import runs
+    from iss3d.infer.svr import load_svr
+    from iss3d.models.clip import load_clip
+    from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     if not cfg.svr:
         raise UserError("no SVR checkpoint: give --svr CKPT (or svr in the config)")

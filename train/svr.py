@@ -1,13 +1,13 @@
 """Single-view reconstruction (DVR) training: ``SVRConfig`` and the Lightning ``SVRSystem``.
 
-One training step (batch of B objects from :class:`data.datasets.ObjectDataset`, K views each,
+One training step (batch of B objects from :class:`iss3d.data.datasets.ObjectDataset`, K views each,
 n sampled pixels per view):
 
 1. c = E_S(view 0 of each object): (B, c_dim).
 2. Rays through the sampled pixels of all K views, in the object frame: (B, K * n, 3).
-3. :func:`models.renderer.trace_surface` with the scheduled number of march steps (no gradients
-   in the march; implicit depth gradient at the hits).
-4. DVR's losses (:mod:`models.losses`), each returned as ``loss_<name>`` and weighted by
+3. :func:`iss3d.models.renderer.trace_surface` with the scheduled number of march steps (no
+   gradients in the march; implicit depth gradient at the hits).
+4. DVR's losses (:mod:`iss3d.models.losses`), each returned as ``loss_<name>`` and weighted by
    ``loss.lambda_<name>``: rgb (hit & GT mask), depth (hit & GT mask & finite GT depth),
    freespace (rays off the GT mask: the predicted surface point where the ray hits, else a
    random point of the ray's padded-cube interval, as DVR), occupancy (GT-mask rays the
@@ -31,19 +31,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from data.cameras import rays
-from data.config import StrictConfig
-from data.datamodule import DataConfig
-from data.errors import UserError
-from data.reader import MultiViewFile
-from models import losses as L
-from models.decoder import DecoderConfig
-from models.encoder import EncoderConfig
-from models.march import MarchConfig, cube_interval
-from models.metrics import depth_l1, mask_iou, occupancy_iou
-from models.renderer import RayHits, Renderer, trace_surface
-from train.runs import RunConfig, TrainerConfig
-from train.system import DataSystem
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import rays
+from iss3d.data.reader import MultiViewFile
+from iss3d.models import losses as L
+from iss3d.models.decoder import DecoderConfig
+from iss3d.models.encoder import EncoderConfig
+from iss3d.models.march import MarchConfig, cube_interval
+from iss3d.models.metrics import depth_l1, mask_iou, occupancy_iou
+from iss3d.models.renderer import RayHits, Renderer, trace_surface
+from iss3d.train.datamodule import DataConfig
+from iss3d.train.runs import RunConfig, TrainerConfig
+from iss3d.train.system import DataSystem
 
 __all__ = [
     "LOSS_NAMES",
@@ -314,7 +314,8 @@ def svr_losses(
     """DVR's losses for one batch (unweighted), skipping those whose lambda is 0.
 
     Args:
-        decoder: an implicit field (``occupancy``, ``rgb``), e.g. :class:`models.decoder.Decoder`.
+        decoder: an implicit field (``occupancy``, ``rgb``), e.g.
+            :class:`iss3d.models.decoder.Decoder`.
         c: (B, c_dim) latents.
         batch: an ObjectDataset batch with sampled pixels (see :func:`ray_batch`).
         loss_cfg: which losses (lambda > 0) and the normal-loss jitter.
@@ -516,8 +517,8 @@ def fit_svr(
     cfg: SVRConfig, out: Path | None, command: str, resume: bool = False, progress: bool = True
 ) -> int:
     """Validate the data, prepare the run folder and train. Returns 0."""
-    from data.datamodule import MultiViewDataModule
-    from train import runs
+    from iss3d.train import runs
+    from iss3d.train.datamodule import MultiViewDataModule
 
     datamodule = MultiViewDataModule(cfg.data)
     datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder

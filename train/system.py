@@ -8,9 +8,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from data.atomic import atomic_output
-from data.datamodule import open_extra_files
-from data.reader import MultiViewFile
+from iss3d.core.atomic import atomic_output
+from iss3d.data.reader import MultiViewFile
+from iss3d.train.datamodule import open_extra_files
 
 __all__ = ["DataSystem", "Frozen"]
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.cameras import focal_from_fov, intrinsics, is_valid_matrix
-from data.errors import UserError
-from data.images import composite_over_white, image_size, read_image
-from data.records import SPLITS, ObjectRecord
-from data.writer import MultiViewWriter
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import focal_from_fov, intrinsics, is_valid_matrix
+from iss3d.data.images import composite_over_white, image_size, read_image
+from iss3d.data.records import SPLITS, ObjectRecord
+from iss3d.data.writer import MultiViewWriter
 
 # OpenGL camera axes (y up, z backward) -> ours (y down, z forward).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])

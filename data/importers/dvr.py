@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.cameras import is_valid_matrix
-from data.errors import UserError
-from data.images import (
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import is_valid_matrix
+from iss3d.data.images import (
     DEPTH_BACKGROUND,
     composite_over_white,
     image_size,
@@ -41,8 +41,8 @@ from data.images import (
     read_image,
     read_mask,
 )
-from data.records import SPLITS, InputViews, ObjectRecord
-from data.writer import MultiViewWriter
+from iss3d.data.records import SPLITS, InputViews, ObjectRecord
+from iss3d.data.writer import MultiViewWriter
 
 # The 13 ShapeNet classes of DVR / ONet / ISS.
 SHAPENET_SYNSETS = {

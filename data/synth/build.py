@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.cameras import DVR_FOCAL, intrinsics, look_at, orbit_eyes
-from data.errors import UserError
-from data.records import ObjectRecord
-from data.synth import world
-from data.synth.groundtruth import occupancy_samples, surface_samples
-from data.synth.render import render_object
-from data.writer import MultiViewWriter
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import DVR_FOCAL, intrinsics, look_at, orbit_eyes
+from iss3d.data.records import ObjectRecord
+from iss3d.data.synth import world
+from iss3d.data.synth.groundtruth import occupancy_samples, surface_samples
+from iss3d.data.synth.render import render_object
+from iss3d.data.writer import MultiViewWriter
 
 
 @dataclass

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from skimage.measure import marching_cubes
 
-from data.records import OccupancySamples, SurfaceSamples
-from data.synth.render import sdf_normals
-from data.synth.world import CompositeSDF
+from iss3d.data.records import OccupancySamples, SurfaceSamples
+from iss3d.data.synth.render import sdf_normals
+from iss3d.data.synth.world import CompositeSDF
 
 PADDED_HALF = 0.55  # the unit cube padded by 0.1 (DVR/ONet), as a half side
 MESH_GRID = 64

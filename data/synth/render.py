@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.cameras import pixel_coords, rays
-from data.synth.world import CompositeSDF
+from iss3d.data.cameras import pixel_coords, rays
+from iss3d.data.synth.world import CompositeSDF
 
 AMBIENT = 0.35
 DIFFUSE = 0.65

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data.synth import sdf
+from iss3d.data.synth import sdf
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35),

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.cameras import (
+from iss3d.data.cameras import (
     DVR_FOCAL,
     coords_to_pixels,
     intrinsics,

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.cameras import coords_to_pixels
-from data.datamodule import DataConfig, MultiViewDataModule
-from data.datasets import EpochSampler, ObjectDataset, ViewDataset
-from data.errors import UserError
-from data.pixels import sample_pixel_indices, sample_pixels
-from data.reader import MultiViewFile
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import coords_to_pixels
+from iss3d.data.datasets import EpochSampler, ObjectDataset, ViewDataset
+from iss3d.data.pixels import sample_pixel_indices, sample_pixels
+from iss3d.data.reader import MultiViewFile
+from iss3d.train.datamodule import DataConfig, MultiViewDataModule
 
 RES = 32  # the tiny world's view size
 

@@ -6,13 +6,13 @@ import h5py
 import numpy as np
 import pytest
 
-from data import schema
-from data.cameras import intrinsics, look_at, orbit_eyes
-from data.errors import UserError
-from data.reader import MultiViewFile
-from data.records import ObjectRecord, OccupancySamples, SurfaceSamples
-from data.validate import check_file
-from data.writer import MultiViewWriter
+from iss3d.core.errors import UserError
+from iss3d.data import schema
+from iss3d.data.cameras import intrinsics, look_at, orbit_eyes
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.records import ObjectRecord, OccupancySamples, SurfaceSamples
+from iss3d.data.validate import check_file
+from iss3d.data.writer import MultiViewWriter
 
 H, W = 8, 10
 

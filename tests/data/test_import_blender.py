@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.cameras import DVR_FOCAL, intrinsics
-from data.importers.blender import import_blender
-from data.reader import MultiViewFile
+from iss3d.data.cameras import DVR_FOCAL, intrinsics
+from iss3d.data.importers.blender import import_blender
+from iss3d.data.reader import MultiViewFile
 from tests.fixtures.layouts import (
     BLENDER_SPLIT_VIEWS,
     RES,

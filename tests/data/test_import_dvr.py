@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
-from data.images import composite_over_white, read_exr_depth, read_image, read_mask
-from data.importers.dvr import SHAPENET_SYNSETS, import_dvr
-from data.reader import MultiViewFile
+from iss3d.core.errors import UserError
+from iss3d.data.images import composite_over_white, read_exr_depth, read_image, read_mask
+from iss3d.data.importers.dvr import SHAPENET_SYNSETS, import_dvr
+from iss3d.data.reader import MultiViewFile
 from tests.fixtures.layouts import (
     DVR_SYNSETS,
     INPUT_VIEW_SIZE,

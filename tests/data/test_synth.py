@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.cameras import pixel_coords, rays
-from data.errors import UserError
-from data.reader import MultiViewFile
-from data.synth import world
-from data.synth.build import ObjectPlan, SynthConfig, make_object, plan_objects, synthesize
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import pixel_coords, rays
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.synth import world
+from iss3d.data.synth.build import ObjectPlan, SynthConfig, make_object, plan_objects, synthesize
 from tests.fixtures.layouts import assert_points_in_masks, dilate, mask_hit_fraction
 
 SMALL = SynthConfig(

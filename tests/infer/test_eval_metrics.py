@@ -10,9 +10,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from data.errors import UserError
-from infer import eval_metrics as em
-from models.pointnet import PointNetCls
+from iss3d.core.errors import UserError
+from iss3d.infer import eval_metrics as em
+from iss3d.models.pointnet import PointNetCls
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -102,7 +102,7 @@ def test_occupancy_iou_at_a_sphere():
 
 
 def test_dominant_color_and_prompt_parsing():
-    from data.synth.world import CATEGORIES, COLORS
+    from iss3d.data.synth.world import CATEGORIES, COLORS
 
     rgb = np.array([COLORS["red"]] * 6 + [COLORS["blue"]] * 3 + [(250, 250, 250)], np.uint8)
     name, shares = em.dominant_color(rgb, COLORS)
@@ -120,7 +120,7 @@ def test_dominant_color_and_prompt_parsing():
 
 
 def test_judge_scores_are_mean_view_cosines():
-    from models.clip import load_clip
+    from iss3d.models.clip import load_clip
 
     torch.manual_seed(0)
     judge = load_clip("clip/tiny-64")
@@ -136,7 +136,7 @@ def test_judge_scores_are_mean_view_cosines():
 
 
 def test_fid_feature_networks(tmp_path, monkeypatch):
-    from models.clip import load_clip
+    from iss3d.models.clip import load_clip
 
     monkeypatch.setattr(em, "_torch_fidelity_available", lambda: False)
     net, reason = em.image_feature_network("auto", "cpu", judge=None)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from data import config as config_lib
-from infer import evaluate as ev
-from infer.cli import build_parser, main
-from infer.methods import METHODS, LatentParameter, VoxelField
-from models.clip import build_open_clip, clip_config, export_checkpoint
-from models.decoder import DecoderConfig
-from models.pointnet import PointNetCls, export_pointnet
+from iss3d.core import config as config_lib
+from iss3d.infer import evaluate as ev
+from iss3d.infer.cli import build_parser, main
+from iss3d.infer.methods import METHODS, LatentParameter, VoxelField
+from iss3d.models.clip import build_open_clip, clip_config, export_checkpoint
+from iss3d.models.decoder import DecoderConfig
+from iss3d.models.pointnet import PointNetCls, export_pointnet
 from tests.fixtures.cli import error_line
 from tests.fixtures.nonfinite import poison_renders, strict_json
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
@@ -152,7 +152,7 @@ def test_report_files(full_run):
 
 
 def test_ordering_table_marks_where_full_is_not_better():
-    from infer.evaluate_report import ordering_lines
+    from iss3d.infer.evaluate_report import ordering_lines
 
     def row(title, **values):
         return {"title": title, "status": "ok", **values}
@@ -352,7 +352,7 @@ def test_read_texts_and_the_shipped_prompt_sets(tmp_path):
     root = Path(__file__).resolve().parents[2] / "configs" / "texts"
     synth = ev.read_texts(root / "synth_test.txt")
     assert synth == ev.world_test_prompts() and len(synth) >= 30
-    from data.synth.world import HELD_OUT
+    from iss3d.data.synth.world import HELD_OUT
 
     for category, colour in HELD_OUT:
         assert any(p.endswith(f"{colour} {category}") for p in synth)
@@ -405,9 +405,9 @@ def test_worker_environment_shares_the_cpu_or_spreads_the_gpus():
 
 
 def test_voxel_field_is_a_differentiable_sphere_the_stage2_loop_can_move():
-    from infer.guidance import GuidanceConfig, Guide, PromptSchedule
-    from infer.stage2 import Stage2Config, run_stage2
-    from models.clip import load_clip
+    from iss3d.infer.guidance import GuidanceConfig, Guide, PromptSchedule
+    from iss3d.infer.stage2 import Stage2Config, run_stage2
+    from iss3d.models.clip import load_clip
 
     field = VoxelField(8, 0.55)
     c = field.initial_latent(0.3, 20.0)
@@ -430,7 +430,7 @@ def test_voxel_field_is_a_differentiable_sphere_the_stage2_loop_can_move():
 
 
 def test_fit_eid_writes_a_checkpoint_the_ei_d_method_loads(tiny_world, tmp_path):
-    from infer.methods import load_eid
+    from iss3d.infer.methods import load_eid
 
     out = tmp_path / "eid"
     a = ["fit", "eid", "--config", "eid/tiny", "--clip", "clip/tiny-64"]

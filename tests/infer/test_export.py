@@ -6,11 +6,11 @@ import torch
 import trimesh
 from PIL import Image
 
-from data.errors import UserError
-from infer.export import render_turntable, save_mesh, save_turntable
-from models.march import MarchConfig
-from models.mesh import Mesh, MeshConfig, extract_mesh
-from models.renderer import Renderer
+from iss3d.core.errors import UserError
+from iss3d.infer.export import render_turntable, save_mesh, save_turntable
+from iss3d.models.march import MarchConfig
+from iss3d.models.mesh import Mesh, MeshConfig, extract_mesh
+from iss3d.models.renderer import Renderer
 from tests.models.test_renderer import SphereField
 
 

@@ -14,10 +14,10 @@ import trimesh
 import yaml
 from PIL import Image
 
-import infer.generate as generate_module
-from infer.cli import main
-from infer.generate import GenerateConfig, load_generate_config
-from models.clip import build_open_clip, clip_config, export_checkpoint
+import iss3d.infer.generate as generate_module
+from iss3d.infer.cli import main
+from iss3d.infer.generate import GenerateConfig, load_generate_config
+from iss3d.models.clip import build_open_clip, clip_config, export_checkpoint
 from tests.fixtures.cli import error_line
 from tests.fixtures.nonfinite import poison_renders, strict_json
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
@@ -156,7 +156,7 @@ def test_samples_are_different_shapes(stage1, tmp_path, capsys):
 
 
 def test_diversity_of_identical_shapes():
-    from models.decoder import Decoder
+    from iss3d.models.decoder import Decoder
 
     torch.manual_seed(0)
     decoder = Decoder(c_dim=4, hidden=8, n_blocks=1)
@@ -310,9 +310,9 @@ def test_non_finite_steps_of_one_sample_are_reported_with_its_number(
 
 
 def test_ctrl_c_during_stage2_leaves_nothing(stage1, tmp_path, capsys, monkeypatch):
-    import infer.stage2
+    import iss3d.infer.stage2
 
-    real = infer.stage2.render_views
+    real = iss3d.infer.stage2.render_views
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -321,20 +321,20 @@ def test_ctrl_c_during_stage2_leaves_nothing(stage1, tmp_path, capsys, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(infer.stage2, "render_views", interrupted)
+    monkeypatch.setattr(iss3d.infer.stage2, "render_views", interrupted)
     assert run(stage1, tmp_path / "out") == 130
     assert "interrupted" in capsys.readouterr().err
     assert leftovers(tmp_path) == []
 
 
 def test_ctrl_c_while_writing_leaves_nothing(stage1, tmp_path, capsys, monkeypatch):
-    import infer.export
+    import iss3d.infer.export
 
     def interrupted(frames, folder, name="turntable"):
         (Path(folder) / f"{name}.gif").write_bytes(b"GIF89a half")  # a half-written file
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(infer.export, "save_turntable", interrupted)
+    monkeypatch.setattr(iss3d.infer.export, "save_turntable", interrupted)
     assert run(stage1, tmp_path / "out", "--samples", "2") == 130
     assert leftovers(tmp_path) == []
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.config import from_dict
-from data.errors import UserError
-from infer.guidance import (
+from iss3d.core.config import from_dict
+from iss3d.core.errors import UserError
+from iss3d.infer.guidance import (
     AugmentConfig,
     Augmenter,
     GuidanceConfig,
@@ -21,8 +21,8 @@ from infer.guidance import (
     view_label,
     view_losses,
 )
-from infer.stage2 import Stage2Config
-from models.clip import load_clip
+from iss3d.infer.stage2 import Stage2Config
+from iss3d.models.clip import load_clip
 
 CLIP = "clip/tiny-64"
 

@@ -7,11 +7,11 @@ import json
 
 import torch
 
-from infer.cli import main
-from infer.generate import DEFAULT_CLIP, DEFAULT_STAGE1, PRETRAINED_DIR
-from infer.stage1 import load_stage1
-from infer.svr import load_svr
-from models.clip import load_clip
+from iss3d.infer.cli import main
+from iss3d.infer.generate import DEFAULT_CLIP, DEFAULT_STAGE1, PRETRAINED_DIR
+from iss3d.infer.stage1 import load_stage1
+from iss3d.infer.svr import load_svr
+from iss3d.models.clip import load_clip
 
 JUDGE = PRETRAINED_DIR / "clip-judge.pt"
 SVR = PRETRAINED_DIR / "svr.pt"

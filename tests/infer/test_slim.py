@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from infer.cli import main
-from infer.svr import load_svr
+from iss3d.infer.cli import main
+from iss3d.infer.svr import load_svr
 from tests.train.test_svr import fit
 
 

@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from data.cameras import look_at, orbit_eyes
-from data.errors import UserError
-from infer.export import turntable_cameras
-from infer.guidance import Guide, PromptSchedule
-from infer.stage1 import load_stage1
-from infer.stage2 import (
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import look_at, orbit_eyes
+from iss3d.infer.export import turntable_cameras
+from iss3d.infer.guidance import Guide, PromptSchedule
+from iss3d.infer.stage1 import load_stage1
+from iss3d.infer.stage2 import (
     Stage2Config,
     render_views,
     run_stage2,
     skip_reason,
     skipped_warnings,
 )
-from infer.view_sampling import CameraConfig, fixed_views, sample_views
-from models.clip import load_clip
-from models.march import MarchConfig
-from models.renderer import Renderer
+from iss3d.infer.view_sampling import CameraConfig, fixed_views, sample_views
+from iss3d.models.clip import load_clip
+from iss3d.models.march import MarchConfig
+from iss3d.models.renderer import Renderer
 from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
 

@@ -13,11 +13,11 @@ import torch
 import trimesh
 from PIL import Image
 
-from data.errors import UserError
-from infer.cli import main
-from infer.guidance import Guide, PromptSchedule
-from infer.stage1 import load_stage1
-from infer.stylize import (
+from iss3d.core.errors import UserError
+from iss3d.infer.cli import main
+from iss3d.infer.guidance import Guide, PromptSchedule
+from iss3d.infer.stage1 import load_stage1
+from iss3d.infer.stylize import (
     StylizeConfig,
     decoder_fingerprint,
     load_latent,
@@ -27,9 +27,9 @@ from infer.stylize import (
     run_stylize,
     shape_iou,
 )
-from models.clip import load_clip
-from models.decoder import BranchedDecoder, split_branches
-from models.mesh import MeshConfig, extract_mesh
+from iss3d.models.clip import load_clip
+from iss3d.models.decoder import BranchedDecoder, split_branches
+from iss3d.models.mesh import MeshConfig, extract_mesh
 from tests.fixtures.cli import error_line
 from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders, strict_json
 from tests.fixtures.stage1_ckpt import build_stage1_checkpoint
@@ -383,9 +383,9 @@ def test_config_is_strict_and_presets_parse():
 
 
 def test_ctrl_c_mid_run_leaves_nothing(run_dir, tmp_path, capsys, monkeypatch):
-    import infer.stage2
+    import iss3d.infer.stage2
 
-    real = infer.stage2.render_views
+    real = iss3d.infer.stage2.render_views
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -394,7 +394,7 @@ def test_ctrl_c_mid_run_leaves_nothing(run_dir, tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(infer.stage2, "render_views", interrupted)
+    monkeypatch.setattr(iss3d.infer.stage2, "render_views", interrupted)
     before = listing(run_dir)
     assert stylize_cli(run_dir, None, "stylize.steps=4", style="marble") == 130
     assert "interrupted" in capsys.readouterr().err
@@ -404,13 +404,13 @@ def test_ctrl_c_mid_run_leaves_nothing(run_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_while_writing_leaves_nothing(run_dir, capsys, monkeypatch):
-    import infer.export
+    import iss3d.infer.export
 
     def interrupted(frames, folder, name="turntable"):
         (Path(folder) / f"{name}.gif").write_bytes(b"GIF89a half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(infer.export, "save_turntable", interrupted)
+    monkeypatch.setattr(iss3d.infer.export, "save_turntable", interrupted)
     before = listing(run_dir)
     assert stylize_cli(run_dir, None, "stylize.steps=1", style="glass") == 130
     assert listing(run_dir) == before

@@ -8,10 +8,10 @@ import torch
 import trimesh
 from PIL import Image
 
-from infer.cli import main
-from infer.svr import load_svr
+from iss3d.infer.cli import main
+from iss3d.infer.svr import load_svr
+from iss3d.train.svr import SVRSystem
 from tests.train.test_svr import fit
-from train.svr import SVRSystem
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import UserError
-from models.checkpoints import (
+from iss3d.core.errors import UserError
+from iss3d.models.checkpoints import (
     load_dvr_checkpoint,
     map_dvr_key,
     safe_load,
     save_dvr_checkpoint,
 )
-from models.decoder import Decoder
-from models.encoder import ConvEncoder, ResNet18Encoder
+from iss3d.models.decoder import Decoder
+from iss3d.models.encoder import ConvEncoder, ResNet18Encoder
 from tests.fixtures.nets import randomise
 
 C_DIM, HIDDEN, BLOCKS = 16, 32, 2

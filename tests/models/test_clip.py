@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.errors import UserError
-from models import clip as clip_lib
-from models.clip import ClipModel, RandomResizedCrop, export_checkpoint, load_clip
+from iss3d.core.errors import UserError
+from iss3d.models import clip as clip_lib
+from iss3d.models.clip import ClipModel, RandomResizedCrop, export_checkpoint, load_clip
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
-
 import pytest
 import torch
 import torchvision
 
-from data import config as config_lib
-from data.errors import UserError
-from models.decoder import (
+from iss3d.core.errors import UserError
+from iss3d.models.decoder import (
     BranchedDecoder,
     Decoder,
     DecoderConfig,
     ResnetBlockFC,
     split_branches,
 )
-from models.encoder import (
+from iss3d.models.encoder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ConvEncoder,
@@ -339,55 +334,3 @@ def test_encoder_config_strict():
         EncoderConfig.from_dict({"weights": 3})
     with pytest.raises(UserError, match="'weights' is only used by kind 'resnet18'"):
         EncoderConfig.from_dict({"kind": "conv", "weights": "w.pth"})
-
-
-@dataclass
-class _Inner:
-    rate: float = 1.0
-
-
-@dataclass
-class _Outer:
-    name: str
-    mode: Literal["a", "b"] = "a"
-    sizes: list[int] = field(default_factory=list)
-    pair: tuple[int, float] = (1, 2.0)
-    root: Path | None = None
-    inner: _Inner = field(default_factory=_Inner)
-    extras: dict[str, int] = field(default_factory=dict)
-
-
-def test_generic_from_dict():
-    cfg = config_lib.from_dict(
-        _Outer,
-        {
-            "name": "x",
-            "mode": "b",
-            "sizes": [1, 2],
-            "pair": [3, 4],
-            "root": "out",
-            "inner": {"rate": 2},
-            "extras": {"k": 1},
-        },
-        "test config",
-    )
-    assert cfg == _Outer("x", "b", [1, 2], (3, 4.0), Path("out"), _Inner(2.0), {"k": 1})
-    assert isinstance(cfg.inner.rate, float) and isinstance(cfg.pair[1], float)
-    assert config_lib.to_dict(cfg)["root"] == "out"
-    assert config_lib.from_dict(_Outer, config_lib.to_dict(cfg), "again") == cfg
-
-    cases = [
-        ({}, "^missing key 'name' in test config$"),
-        ({"name": "x", "mode": "c"}, "'mode' must be one of 'a', 'b', got str 'c'"),
-        ({"name": "x", "sizes": [1, "2"]}, "'sizes\\[1\\]' must be an int, got str"),
-        ({"name": "x", "sizes": 3}, "'sizes' must be a list, got int 3"),
-        ({"name": "x", "pair": [1]}, "'pair' must be a list of 2 values, got 1"),
-        ({"name": "x", "inner": {"speed": 1}}, "unknown key 'speed' in test config section"),
-        ({"name": "x", "inner": {"rate": "fast"}}, "'rate' must be a number, got str"),
-        ({"name": "x", "extras": {"k": None}}, "'extras.k' must be an int, got null"),
-        ({"name": None}, "'name' must be a string, got null None"),
-    ]
-    for d, match in cases:
-        with pytest.raises(UserError, match=match) as info:
-            config_lib.from_dict(_Outer, d, "test config")
-        assert "\n" not in str(info.value)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
-from data.errors import UserError
-from models.decoder import Decoder
-from models.grid_march import _cell_flags, candidate_cells, grid_march, lattice_logits
-from models.march import MarchConfig, march, ray_samples
-from models.renderer import Renderer, trace_surface
+from iss3d.core.errors import UserError
+from iss3d.data.cameras import intrinsics, look_at, orbit_eyes, pixel_coords, rays
+from iss3d.models.decoder import Decoder
+from iss3d.models.grid_march import _cell_flags, candidate_cells, grid_march, lattice_logits
+from iss3d.models.march import MarchConfig, march, ray_samples
+from iss3d.models.renderer import Renderer, trace_surface
 
 
 class RodsField(nn.Module):

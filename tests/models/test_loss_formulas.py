@@ -20,7 +20,7 @@ DESIGN.md section 1 and the reference code:
   per view L_bg = mean |1 - rgb| over that view's background pixels, reduced like L_C; total
   lambda_clip L_C + lambda_bg L_bg (official 4 and 3).
 - Stylization: L_P compares the tuned and frozen initial occupancy D_o, D'_o at points p.
-  DESIGN.md writes sum_p |D_o(p) - D'_o(p)|; :func:`infer.stylize.prior_loss` and its
+  DESIGN.md writes sum_p |D_o(p) - D'_o(p)|; :func:`iss3d.infer.stylize.prior_loss` and its
   docstring define the mean over p, as the official shape+texture code does
   (``torch.mean(torch.abs(logits - logits_std)) * 100``): the mean is pinned here (the factor
   N, points per step, is folded into ``lambda_prior``).
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.cameras import intrinsics, look_at
-from infer.guidance import (
+from iss3d.core.config import load_config
+from iss3d.data.cameras import intrinsics, look_at
+from iss3d.infer.guidance import (
     AugmentConfig,
     Augmenter,
     GuidanceConfig,
@@ -44,17 +45,16 @@ from infer.guidance import (
     reduce_views,
     view_losses,
 )
-from infer.stage2 import guided_loss
-from infer.stylize import prior_loss
-from infer.view_sampling import fixed_views
-from models import losses as L
-from models.mapper import mapper_loss, perturb_feature
-from models.march import MarchConfig
-from models.renderer import RayHits, Renderer
+from iss3d.infer.stage2 import guided_loss
+from iss3d.infer.stylize import prior_loss
+from iss3d.infer.view_sampling import fixed_views
+from iss3d.models import losses as L
+from iss3d.models.mapper import mapper_loss, perturb_feature
+from iss3d.models.march import MarchConfig
+from iss3d.models.renderer import RayHits, Renderer
+from iss3d.train.stage1 import Stage1Config, Stage1LossConfig, Stage1System, background_ray_loss
+from iss3d.train.svr import SVRConfig, SVRLossConfig, svr_losses, weighted_total
 from tests.models.test_renderer import SphereField
-from train import runs
-from train.stage1 import Stage1Config, Stage1LossConfig, Stage1System, background_ray_loss
-from train.svr import SVRConfig, SVRLossConfig, svr_losses, weighted_total
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -212,7 +212,7 @@ def test_svr_weights_are_dvrs_and_weighted_total_multiplies_each_loss_by_its_lam
     """weighted_total = sum_name lambda_name * loss_name; defaults and svr/paper are DVR's
     weights (rgb 1, depth 10, freespace 1, occupancy 1, normal 0.05)."""
     cfg = SVRLossConfig()
-    paper = runs.load_config(SVRConfig, "svr/paper", [("data.path", str(tmp_path / "x.h5"))])
+    paper = load_config(SVRConfig, "svr/paper", [("data.path", str(tmp_path / "x.h5"))])
     for c in (cfg, paper.loss):
         weights = (c.lambda_rgb, c.lambda_depth, c.lambda_freespace, c.lambda_occupancy)
         assert weights == (1.0, 10.0, 1.0, 1.0) and c.lambda_normal == 0.05
@@ -278,7 +278,7 @@ def test_stage1_paper_weights_l1_by_2000_and_bg_by_30(tmp_path):
     """stage1/paper (the official code): L_M = L1 x 2000 on a noisy input (0.25), L_bg x 30, the
     DVR losses with DVR's weights; weighted_total applies each lambda once."""
     path = [("data.path", str(tmp_path / "x.h5"))]
-    lc = runs.load_config(Stage1Config, "stage1/paper", path).loss
+    lc = load_config(Stage1Config, "stage1/paper", path).loss
     assert (lc.mapper_loss, lc.lambda_mapper, lc.noise_alpha, lc.lambda_bg) == (
         "l1",
         2000.0,
@@ -305,7 +305,7 @@ def test_stage1_paper_weights_l1_by_2000_and_bg_by_30(tmp_path):
 def test_perturb_feature_mixes_then_normalises(monkeypatch):
     """normalize(tau f + (1 - tau) z) with z fixed by hand (tau 0.25)."""
     z = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.8, -0.6]])
-    monkeypatch.setattr("models.mapper.unit_gaussian", lambda shape, like, generator=None: z)
+    monkeypatch.setattr("iss3d.models.mapper.unit_gaussian", lambda shape, like, generator=None: z)
     f = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
     n = math.sqrt(0.625)
     # 0.25 (1, 0, 0) + 0.75 (0, 1, 0) = (0.25, 0.75, 0)
@@ -393,7 +393,7 @@ class TwoToneSphere(SphereField):
 
 
 class FakeGuide:
-    """Stands in for :class:`infer.guidance.Guide`: a fixed L_C; embeddings at cos 0.5 to the
+    """Stands in for :class:`iss3d.infer.guidance.Guide`: a fixed L_C; embeddings at cos 0.5 to the
     prompt feature."""
 
     def __init__(self, loss_clip: float):

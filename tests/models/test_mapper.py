@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.errors import UserError
-from models.checkpoints import load_iss_checkpoint, map_iss_key
-from models.decoder import Decoder
-from models.mapper import Mapper, MapperConfig, noisy_input, perturb_feature
+from iss3d.core.errors import UserError
+from iss3d.models.checkpoints import load_iss_checkpoint, map_iss_key
+from iss3d.models.decoder import Decoder
+from iss3d.models.mapper import Mapper, MapperConfig, noisy_input, perturb_feature
 from tests.fixtures.nets import randomise
 
 # -- the mapper -------------------------------------------------------------------------------
@@ -189,8 +189,8 @@ def test_iss_bad_checkpoints(source, tmp_path):
 
 
 def test_import_iss_gives_a_stage1_file_with_the_same_weights(source, tmp_path, capsys):
-    from infer.cli import main
-    from infer.stage1 import load_stage1
+    from iss3d.infer.cli import main
+    from iss3d.infer.stage1 import load_stage1
 
     mapper, decoder = source
     src = tmp_path / "iss.pth"

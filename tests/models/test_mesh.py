@@ -8,7 +8,7 @@ import pytest
 import torch
 import trimesh
 
-from models.mesh import MeshConfig, extract_mesh, occupancy_grid
+from iss3d.models.mesh import MeshConfig, extract_mesh, occupancy_grid
 from tests.models.test_renderer import BlobField, SphereField
 
 

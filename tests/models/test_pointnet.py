@@ -7,8 +7,8 @@ import argparse
 import pytest
 import torch
 
-from data.errors import UserError
-from models.pointnet import (
+from iss3d.core.errors import UserError
+from iss3d.models.pointnet import (
     PointNetCls,
     export_pointnet,
     feature_dim,
@@ -139,7 +139,7 @@ def test_normalize_clouds_centres_and_scales():
 
 
 def test_fit_pointnet_trains_and_exports(tiny_world, tmp_path):
-    from infer.cli import main
+    from iss3d.infer.cli import main
 
     out = tmp_path / "run"
     argv = ["fit", "pointnet", "--config", "pointnet/tiny", "--data", str(tiny_world)]
@@ -154,7 +154,7 @@ def test_fit_pointnet_trains_and_exports(tiny_world, tmp_path):
 
 
 def test_fit_pointnet_refuses_data_without_surface_points(tmp_path, capsys):
-    from infer.cli import main
+    from iss3d.infer.cli import main
 
     missing = tmp_path / "absent.h5"
     assert main(["fit", "pointnet", "--config", "pointnet/tiny", "--data", str(missing)]) == 2

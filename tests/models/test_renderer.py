@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from data.cameras import intrinsics, look_at, pixel_coords, rays
-from models.march import MarchConfig, cube_interval, march
-from models.renderer import Renderer, surface_normals, trace_surface
+from iss3d.data.cameras import intrinsics, look_at, pixel_coords, rays
+from iss3d.models.march import MarchConfig, cube_interval, march
+from iss3d.models.renderer import Renderer, surface_normals, trace_surface
 
 
 class SphereField(nn.Module):
@@ -279,7 +279,7 @@ def test_outside_cube_march_reproduces_dvr_classification(method):
 
 
 def march_for(method, field, origins, dirs, **kw):
-    from models.renderer import run_march
+    from iss3d.models.renderer import run_march
 
     return run_march(field, None, origins, dirs, MarchConfig(method=method, grid=24, **kw))
 

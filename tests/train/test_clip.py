@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from data.reader import MultiViewFile
-from data.writer import MultiViewWriter
-from infer.cli import main
-from models.clip import load_clip
+from iss3d.core.config import load_config
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.writer import MultiViewWriter
+from iss3d.infer.cli import main
+from iss3d.models.clip import load_clip
+from iss3d.train.clip import ClipConfig, ClipOptimConfig, zero_shot_classes, zero_shot_metrics
 from tests.fixtures.cli import error_line, metrics_rows
-from train import runs
-from train.clip import ClipConfig, ClipOptimConfig, zero_shot_classes, zero_shot_metrics
 
 TINY = [
     "model=tiny-64",
@@ -37,7 +37,7 @@ def fit(data: Path, out: Path, *extra: str) -> int:
 
 
 def test_shipped_config_parses():
-    cfg = runs.load_config(ClipConfig, "clip/tiny", [("data.path", "world.h5")])
+    cfg = load_config(ClipConfig, "clip/tiny", [("data.path", "world.h5")])
     assert cfg.data.mode == "view" and cfg.trainer.max_steps > 0
     assert ClipConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     load_clip(f"clip/{cfg.model}")  # the model config it names exists and builds

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data.errors import UserError
-from data.reader import MultiViewFile
-from models.mapper import MapperConfig
-from train.mapper_prefit import MapperPrefitConfig, feature_pairs, prefit_mapper
+from iss3d.core.errors import UserError
+from iss3d.data.reader import MultiViewFile
+from iss3d.models.mapper import MapperConfig
+from iss3d.train.mapper_prefit import MapperPrefitConfig, feature_pairs, prefit_mapper
 
 
 def test_prefit_fits_a_learnable_map():

@@ -13,21 +13,21 @@ import torch
 import yaml
 from PIL import Image
 
-from data.datamodule import MultiViewDataModule
-from data.reader import MultiViewFile
-from data.synth.build import SynthConfig, synthesize
-from infer.cli import main
-from infer.stage1 import load_stage1
-from infer.svr import load_svr
-from models.clip import load_clip
-from models.decoder import Decoder
-from models.march import MarchConfig
-from models.renderer import Renderer, trace_surface
+from iss3d.core.config import load_config
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.synth.build import SynthConfig, synthesize
+from iss3d.infer.cli import main
+from iss3d.infer.stage1 import load_stage1
+from iss3d.infer.svr import load_svr
+from iss3d.models.clip import load_clip
+from iss3d.models.decoder import Decoder
+from iss3d.models.march import MarchConfig
+from iss3d.models.renderer import Renderer, trace_surface
+from iss3d.train.datamodule import MultiViewDataModule
+from iss3d.train.stage1 import Stage1Config, Stage1System, background_ray_loss
+from iss3d.train.svr import ray_batch
 from tests.fixtures.cli import error_line, metrics_rows
 from tests.fixtures.nonfinite import strict_json
-from train import runs
-from train.stage1 import Stage1Config, Stage1System, background_ray_loss
-from train.svr import ray_batch
 
 CLIP = "clip/tiny-64"  # random weights, 128-d features: enough to wire everything up
 
@@ -246,7 +246,7 @@ def test_dataset_without_captions_skips_text_iou(tiny_world, svr_ckpt, tmp_path,
 
 def _system_and_batch(tiny_world, svr_ckpt):
     overrides = [("data.path", str(tiny_world)), ("svr", str(svr_ckpt)), ("clip", CLIP), *TINY]
-    cfg = runs.load_config(Stage1Config, "stage1/tiny", overrides)
+    cfg = load_config(Stage1Config, "stage1/tiny", overrides)
     dm = MultiViewDataModule(cfg.data)
     dm.setup("fit")
     return Stage1System(cfg), next(iter(dm.train_dataloader())), cfg

@@ -11,11 +11,11 @@ from typing import ClassVar
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from data.config import StrictConfig
-from data.datasets import ConcatItems, EpochSampler, ObjectDataset, ViewDataset
-from data.errors import UserError
-from data.reader import MultiViewFile
-from data.records import SPLITS
+from iss3d.core.config import StrictConfig
+from iss3d.core.errors import UserError
+from iss3d.data.datasets import ConcatItems, EpochSampler, ObjectDataset, ViewDataset
+from iss3d.data.reader import MultiViewFile
+from iss3d.data.records import SPLITS
 
 MODES = ("view", "object")
 
@@ -25,8 +25,9 @@ class DataConfig(StrictConfig):
     """What the trainers read.
 
     path: the multi-view HDF5 file.
-    mode: "view" (batches of views, :class:`data.datasets.ViewDataset`) or "object" (batches of
-        objects with ``views_per_object`` views each, :class:`data.datasets.ObjectDataset`).
+    mode: "view" (batches of views, :class:`iss3d.data.datasets.ViewDataset`) or "object"
+        (batches of objects with ``views_per_object`` views each,
+        :class:`iss3d.data.datasets.ObjectDataset`).
     batch_size: items per batch (views, or objects); num_workers: DataLoader processes.
     pixels: pixels sampled per view (None: none); inside_fraction: share on the object
         (None: uniform over the image).
@@ -108,7 +109,7 @@ class MultiViewDataModule(pl.LightningDataModule):
 
     Training shuffles with a fresh permutation per epoch and fresh pixel samples / captions;
     validation and test run in file order with the same samples every time (epoch 0). All of it
-    derives from ``config.seed`` (see :class:`data.datasets.EpochSampler`).
+    derives from ``config.seed`` (see :class:`iss3d.data.datasets.EpochSampler`).
 
     Batches are dicts as the datasets' items, stacked along a new first axis B (captions: a list
     of B strings).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.atomic import json_ready, json_text, write_json, write_json_report
+from iss3d.core.atomic import json_ready, json_text, write_json, write_json_report
 from tests.fixtures.nonfinite import strict_json
 
 NAN, INF = float("nan"), float("inf")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from data.errors import UserError
+from iss3d.core.errors import UserError
 
 
 def temporary_sibling(path: Path) -> Path:
