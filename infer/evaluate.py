@@ -407,7 +407,7 @@ def load_item(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
 
 @dataclass
 class EvaluateOptions:
-    """What ``iss3d evaluate`` was given (see infer/evaluate_commands.py for the flags)."""
+    """What ``iss3d evaluate`` was given (see infer/cli/evaluate.py for the flags)."""
 
     texts: Path
     ref_data: Path
@@ -491,9 +491,8 @@ def prepare(options: EvaluateOptions) -> Prepared:
     """Check and load everything; UserError on the first problem. Writes nothing."""
     from iss3d.data.reader import MultiViewFile
     from iss3d.infer.generate import resolve_models
-    from iss3d.infer.stage1 import load_stage1
     from iss3d.models.clip import load_clip
-    from iss3d.models.pointnet import load_pointnet
+    from iss3d.models.loaders import load_pointnet, load_stage1
 
     o = options
     if o.samples < 1:
@@ -549,7 +548,7 @@ def prepare(options: EvaluateOptions) -> Prepared:
             )
     ei_d = None
     if o.ei_d is not None:
-        from iss3d.infer.methods import load_eid
+        from iss3d.models.loaders import load_eid
 
         ei_d = load_eid(o.ei_d, device)
         if clip is not None and ei_d.clip_spec and ei_d.clip_spec != clip_spec:
@@ -766,7 +765,7 @@ def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
 
 
 def _worker_command(o: EvaluateOptions, shard: str) -> list[str]:
-    argv = [sys.executable, "-m", "iss3d.infer.cli", "evaluate"]
+    argv = [sys.executable, "-m", "iss3d", "evaluate"]
     argv += ["--texts", str(o.texts), "--ref-data", str(o.ref_data), "--out", str(o.out)]
     argv += ["--methods", o.methods, "--samples", str(o.samples), "--seed", str(o.seed)]
     argv += ["--config", o.config, "--fid-features", o.fid_features, "--device", o.device]

@@ -167,8 +167,8 @@ def resolve_models(stage1: Path | None, clip: str | None, device: torch.device):
 
     Returns (stage-1 model, its path, CLIP model, CLIP spec).
     """
-    from iss3d.infer.stage1 import load_stage1
     from iss3d.models.clip import load_clip
+    from iss3d.models.loaders import load_stage1
 
     if stage1 is None:
         if not DEFAULT_STAGE1.is_file():

@@ -45,12 +45,12 @@ from iss3d.core import config as config_lib
 from iss3d.core.errors import UserError
 from iss3d.infer.guidance import GuidanceConfig, Guide, PromptSchedule
 from iss3d.infer.stage2 import Stage2Config, run_stage2
+from iss3d.models.loaders import EIDModel
 from iss3d.models.mapper import perturb_feature
 
 __all__ = [
     "METHODS",
     "MODEL_FLAGS",
-    "EIDModel",
     "GeneratedShape",
     "LatentParameter",
     "MethodContext",
@@ -58,7 +58,6 @@ __all__ = [
     "PureClipConfig",
     "ShapeRequest",
     "VoxelField",
-    "load_eid",
 ]
 
 
@@ -170,45 +169,6 @@ class PureClipConfig:
 
 
 # -- E_I + D ------------------------------------------------------------------------------------
-
-
-@dataclass
-class EIDModel:
-    """E_I + D: a decoder conditioned directly on (B, clip_embed_dim) CLIP features.
-
-    decoder: :class:`iss3d.models.decoder.Decoder` with c_dim = clip_embed_dim (eval mode).
-    clip_spec: the CLIP model it was trained with; clip_embed_dim: its feature size.
-    """
-
-    decoder: nn.Module
-    clip_spec: str | None
-    clip_embed_dim: int
-
-
-def load_eid(path, device: str | torch.device = "cpu") -> EIDModel:
-    """Load an E_I + D checkpoint written by ``iss3d fit eid`` (Lightning ``last.ckpt`` with
-    ``decoder.*`` and hyper-parameters ``config``, ``clip_spec``, ``clip_embed_dim``).
-
-    Raises:
-        UserError: missing / unreadable file, not an E_I + D checkpoint, bad keys or shapes.
-    """
-    from pathlib import Path
-
-    from iss3d.models.checkpoints import load_prefixed, safe_load
-    from iss3d.models.decoder import DecoderConfig
-
-    path = Path(path)
-    ckpt = safe_load(path, what="E_I + D checkpoint")
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or hp.get("kind") != "ei-d" or "state_dict" not in ckpt:
-        raise UserError(f"{path}: not an E_I + D checkpoint (written by `iss3d fit eid`)")
-    decoder_cfg = DecoderConfig.from_dict((hp.get("config") or {}).get("decoder"))
-    decoder = decoder_cfg.build()
-    load_prefixed(decoder, ckpt["state_dict"], "decoder.", path)
-    dim = int(hp["clip_embed_dim"])
-    if decoder_cfg.c_dim != dim:
-        raise UserError(f"{path}: decoder c_dim {decoder_cfg.c_dim} != CLIP feature size {dim}")
-    return EIDModel(decoder.to(device).eval(), hp.get("clip_spec"), dim)
 
 
 # -- the registry -------------------------------------------------------------------------------

@@ -21,9 +21,8 @@ import torch
 
 from iss3d.core.errors import UserError
 from iss3d.data.reader import MultiViewFile
-from iss3d.infer.stage1 import load_stage1
-from iss3d.infer.svr import SVRModel
-from iss3d.models.checkpoints import load_prefixed, safe_load
+from iss3d.models.checkpoints import safe_load
+from iss3d.models.loaders import SVRModel, load_stage1, load_stage1_encoder
 
 __all__ = ["evaluate_stage1"]
 
@@ -55,14 +54,17 @@ def evaluate_stage1(
 
     from iss3d.models.clip import load_clip
     from iss3d.train.datamodule import MultiViewDataModule
-    from iss3d.train.stage1 import Stage1System, check_dimensions
+    from iss3d.train.stage1 import Stage1Config, Stage1System, check_dimensions
 
     device = torch.device(device)
     model = load_stage1(checkpoint)
-    state = safe_load(Path(checkpoint), what="stage-1 checkpoint")["state_dict"]
-    encoder = model.svr_config.encoder.build()
-    load_prefixed(encoder, state, "encoder.", Path(checkpoint))
-    svr = SVRModel(encoder.eval(), model.decoder, model.svr_config, model.image_size)
+    svr = SVRModel(load_stage1_encoder(checkpoint, model.card), model.decoder, model.card)
+    hp = safe_load(Path(checkpoint), what="stage-1 checkpoint").get("hyper_parameters") or {}
+    if not isinstance(hp.get("config"), dict):
+        raise UserError(
+            f"{checkpoint}: holds no stage-1 training config (written by `iss3d fit stage1`)"
+        )
+    cfg = Stage1Config.from_dict(hp["config"])
     spec = clip_spec or model.clip_spec
     if not spec:
         raise UserError(f"{checkpoint}: names no CLIP model; give --clip SPEC")
@@ -73,7 +75,6 @@ def evaluate_stage1(
         objects = len(mv.objects_in(split))
     if objects == 0:
         raise UserError(f"{data}: no objects in split {split!r}")
-    cfg = model.config
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, path=str(data), val_split=split),

@@ -1,66 +1,21 @@
-"""Use a trained SVR model: load its checkpoint, reconstruct objects, evaluate single-view IoU."""
+"""Use a trained SVR model (:func:`iss3d.models.loaders.load_svr`): read input images, evaluate
+single-view IoU."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from iss3d.core.errors import UserError
 from iss3d.data.images import composite_over_white, read_image
 from iss3d.data.reader import MultiViewFile
-from iss3d.models.checkpoints import load_prefixed, safe_load
-from iss3d.models.decoder import Decoder
 from iss3d.models.encoder import check_images
+from iss3d.models.loaders import SVRModel
 from iss3d.models.march import MarchConfig
 from iss3d.models.metrics import depth_l1, mask_iou, occupancy_iou
 from iss3d.models.renderer import Renderer
-from iss3d.train.svr import SVRConfig
-
-
-@dataclass
-class SVRModel:
-    """A trained encoder E_S and decoder D, in eval mode, with the config they were trained with.
-
-    image_size: (H, W) of the training views, the size :meth:`encode` expects (None if unknown).
-    """
-
-    encoder: nn.Module
-    decoder: Decoder
-    config: SVRConfig
-    image_size: tuple[int, int] | None
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float in [0, 1] -> (B, c_dim) latents."""
-        return self.encoder(images)
-
-
-def load_svr(path: str | os.PathLike, device: str | torch.device = "cpu") -> SVRModel:
-    """Load a checkpoint written by ``iss3d fit svr`` (Lightning's .ckpt, weights only)."""
-    path = Path(path)
-    ckpt = safe_load(path, what="SVR checkpoint")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise UserError(f"{path}: not an iss3d SVR checkpoint (no state_dict / hyper_parameters)")
-    hparams = ckpt["hyper_parameters"]
-    if "config" not in hparams:
-        raise UserError(f"{path}: not an iss3d SVR checkpoint (no config in hyper_parameters)")
-    config = SVRConfig.from_dict(hparams["config"])
-    encoder, decoder = config.encoder.build(), config.decoder.build()
-    state = ckpt["state_dict"]
-    load_prefixed(encoder, state, "encoder.", path)
-    load_prefixed(decoder, state, "decoder.", path)
-    size = hparams.get("image_size")
-    return SVRModel(
-        encoder=encoder.to(device).eval(),
-        decoder=decoder.to(device).eval(),
-        config=config,
-        image_size=tuple(size) if size else None,
-    )
 
 
 def image_tensor(path: str | os.PathLike, model: SVRModel) -> torch.Tensor:

@@ -229,7 +229,7 @@ def load_prefixed(
 
 
 #: What :func:`slim_checkpoint` keeps of a Lightning checkpoint.
-SLIM_KEYS = ("state_dict", "hyper_parameters", "global_step", "epoch")
+SLIM_KEYS = ("state_dict", "architecture", "hyper_parameters", "global_step", "epoch")
 
 
 def slim_checkpoint(

@@ -17,7 +17,7 @@ The FPD feature of a cloud is the concatenation [global 1024 | 512 | 256 | k log
 transposes them to (B, 3, N) before the network; :class:`PointNetCls` does that itself),
 centred on their mean and scaled to a largest norm of 1 (:func:`normalize_clouds`).
 
-Key map of :func:`load_pointnet` (checkpoint -> model):
+Key map of :func:`iss3d.models.loaders.load_pointnet` (checkpoint -> model):
 
 =====================================  ====================================================
 checkpoint key                          model key
@@ -45,8 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iss3d.core.errors import UserError
-
 __all__ = [
     "CHECKPOINT_FORMAT",
     "PointNetCls",
@@ -55,7 +53,6 @@ __all__ = [
     "STN3d",
     "export_pointnet",
     "feature_dim",
-    "load_pointnet",
     "map_pointnet_key",
     "normalize_clouds",
 ]
@@ -229,60 +226,3 @@ def export_pointnet(
     with atomic_output(path) as tmp:
         torch.save(blob, tmp)
     return path
-
-
-def load_pointnet(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[PointNetCls, PointNetInfo]:
-    """Load a PointNet classifier for FPD, in eval mode.
-
-    Accepts ``iss3d fit pointnet``'s ``pointnet.pt`` or its Lightning ``last.ckpt``, and a bare
-    state dict in TreeGAN's naming (its published FPD classifier), optionally wrapped by
-    DataParallel (``module.``). Read with ``weights_only=True``.
-
-    Raises:
-        UserError: missing / unreadable file, not a PointNet state, a missing, unexpected or
-            wrongly shaped key.
-    """
-    from iss3d.models.checkpoints import load_state_into, safe_load
-
-    path = Path(path)
-    obj = safe_load(path, what="PointNet checkpoint")
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: not a PointNet checkpoint (a {type(obj).__name__})")
-    info: dict[str, Any] = {}
-    source = "TreeGAN-layout state dict"
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        state = obj.get("state_dict")
-        info = {k: obj.get(k) for k in ("categories", "num_points")}
-        info["extra"] = obj.get("extra") or {}
-        source = "iss3d fit pointnet"
-    elif isinstance(obj.get("state_dict"), dict):  # a Lightning checkpoint
-        state = obj["state_dict"]
-        hp = obj.get("hyper_parameters") or {}
-        info = {"categories": hp.get("categories"), "num_points": None, "extra": {}}
-        source = "iss3d fit pointnet (Lightning checkpoint)"
-    else:
-        state = obj
-    if not isinstance(state, dict) or not state:
-        raise UserError(f"{path}: not a PointNet checkpoint (no state dict)")
-    mapped = {map_pointnet_key(str(k)): v for k, v in state.items()}
-    fc3 = mapped.get("fc3.weight")
-    if not isinstance(fc3, torch.Tensor) or fc3.dim() != 2 or fc3.shape[1] != 256:
-        raise UserError(
-            f"{path}: not a TreeGAN-layout PointNet classifier (no 256-input 'fc3.weight')"
-        )
-    model = PointNetCls(k=int(fc3.shape[0]))
-    load_state_into(model, mapped, path)
-    categories = info.get("categories")
-    if categories is not None and len(categories) != model.k:
-        raise UserError(
-            f"{path}: lists {len(categories)} categories but the classifier has {model.k} outputs"
-        )
-    return model.to(device).eval(), PointNetInfo(
-        k=model.k,
-        categories=list(categories) if categories is not None else None,
-        num_points=info.get("num_points"),
-        source=source,
-        extra=dict(info.get("extra") or {}),
-    )

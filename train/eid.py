@@ -27,6 +27,7 @@ import torch
 from iss3d.core.config import StrictConfig
 from iss3d.core.errors import UserError
 from iss3d.models.decoder import DecoderConfig
+from iss3d.models.loaders import ArchitectureCard
 from iss3d.models.metrics import occupancy_iou
 from iss3d.train.datamodule import DataConfig
 from iss3d.train.runs import RunConfig, TrainerConfig
@@ -97,6 +98,14 @@ class EIDSystem(DataSystem):
             }
         )
         self._val: dict[str, list] = {}
+
+    def architecture(self) -> ArchitectureCard:
+        return ArchitectureCard(
+            kind="ei-d",
+            decoder=self.cfg.decoder,
+            clip_spec=self.hparams["clip_spec"],
+            clip_embed_dim=self.hparams["clip_embed_dim"],
+        )
 
     @property
     def clip(self):

@@ -1,7 +1,7 @@
 """ISS stage 1: map CLIP image features into the SVR shape space; fine-tune the decoder.
 
 ``Stage1Config`` and the Lightning ``Stage1System``; ``iss3d fit stage1`` runs
-:func:`fit_stage1` (through train/commands.py).
+:func:`fit_stage1` (through infer/cli/fit.py).
 
 Models: the trained SVR model's encoder E_S (frozen, eval) and decoder D (fine-tuned), the CLIP
 model (frozen, eval; kept out of the checkpoints) and the mapper M (trained from scratch).
@@ -30,14 +30,15 @@ background); an image grid per validation, one row per object: GT view | render 
 from M(f_I) | from M(f_T).
 
 Checkpoints (Lightning ``last.ckpt``): ``state_dict`` with ``mapper.*``, ``decoder.*`` (the
-fine-tuned D) and ``encoder.*`` (E_S, unchanged); ``hyper_parameters``: ``config`` (this
-stage's config: mapper widths, CLIP spec, ...), ``svr_config`` (the SVR model's, with the
-decoder and encoder configs), ``image_size`` [H, W], ``clip_spec``, ``clip_embed_dim``. With
-the CLIP model that is everything stage 2 needs (:func:`iss3d.infer.stage1.load_stage1`).
+fine-tuned D) and ``encoder.*`` (E_S, unchanged); ``architecture``: the card (mapper, decoder
+and encoder architectures, CLIP spec and feature size, view size); ``hyper_parameters``:
+``config``, this stage's training recipe. With the CLIP model the card is everything stage 2
+needs (:func:`iss3d.models.loaders.load_stage1`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 from iss3d.core.config import StrictConfig
 from iss3d.core.errors import UserError
 from iss3d.models import losses as L
+from iss3d.models.loaders import ArchitectureCard
 from iss3d.models.mapper import MapperConfig, mapper_loss, perturb_feature
 from iss3d.models.march import MarchConfig
 from iss3d.models.metrics import occupancy_iou
@@ -198,7 +200,8 @@ class Stage1System(DataSystem):
 
     Args:
         config: a :class:`Stage1Config` or its plain-dict form.
-        svr: the trained SVR model (:class:`iss3d.infer.svr.SVRModel`); None: load ``config.svr``.
+        svr: the trained SVR model (:class:`iss3d.models.loaders.SVRModel`); None: load
+            ``config.svr``.
         clip: the CLIP model (``iss3d.models.clip.ClipModel``); None: load ``config.clip``.
         image_dir: where validation image grids go (``step_<k>.png``); None: not saved.
 
@@ -216,7 +219,7 @@ class Stage1System(DataSystem):
         cfg = config if isinstance(config, Stage1Config) else Stage1Config.from_dict(config)
         self.cfg = cfg
         if svr is None:
-            from iss3d.infer.svr import load_svr
+            from iss3d.models.loaders import load_svr
 
             if not cfg.svr:
                 raise UserError("no SVR checkpoint: give --svr CKPT (or svr in the config)")
@@ -232,14 +235,15 @@ class Stage1System(DataSystem):
         self.encoder = svr.encoder.eval().requires_grad_(False)
         self.decoder = svr.decoder.train().requires_grad_(True)
         self.mapper = cfg.mapper.build()
-        self.save_hyperparameters(
-            {
-                "config": cfg.to_dict(),
-                "svr_config": svr.config.to_dict(),
-                "image_size": list(svr.image_size) if svr.image_size else None,
-                "clip_spec": cfg.clip,
-                "clip_embed_dim": int(clip.embed_dim),
-            }
+        self.save_hyperparameters({"config": cfg.to_dict()})
+        self.card = ArchitectureCard(
+            kind="stage1",
+            decoder=svr.card.decoder,
+            encoder=svr.card.encoder,
+            mapper=cfg.mapper,
+            clip_spec=cfg.clip,
+            clip_embed_dim=int(clip.embed_dim),
+            image_size=svr.image_size,
         )
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self._val: dict[str, list] = {}
@@ -259,9 +263,14 @@ class Stage1System(DataSystem):
         self.encoder.eval()
         return self
 
+    def architecture(self) -> ArchitectureCard:
+        return self.card
+
     def on_fit_start(self) -> None:
-        if self.hparams.get("image_size") is None:
-            self.hparams["image_size"] = [self.file.height, self.file.width]
+        if self.card.image_size is None:
+            self.card = dataclasses.replace(
+                self.card, image_size=(self.file.height, self.file.width)
+            )
 
     def on_train_start(self) -> None:
         # here, unlike in on_fit_start, a resumed run's step is already restored
@@ -465,7 +474,7 @@ def check_dimensions(cfg: Stage1Config, svr, clip) -> None:
             f"CLIP {cfg.clip!r} gives {clip.embed_dim}-d features but mapper.in_dim is "
             f"{m.in_dim} (set mapper.in_dim={clip.embed_dim})"
         )
-    c_dim = svr.config.decoder.c_dim
+    c_dim = svr.card.decoder.c_dim
     if c_dim != m.out_dim:
         raise UserError(
             f"SVR checkpoint {cfg.svr} has latent size c_dim {c_dim} but mapper.out_dim is "
@@ -485,8 +494,8 @@ def fit_stage1(
 ) -> int:
     """Validate the SVR checkpoint, the CLIP model, their sizes and the data; prepare the run
     folder and train. Nothing is created before every check has passed. Returns 0."""
-    from iss3d.infer.svr import load_svr
     from iss3d.models.clip import load_clip
+    from iss3d.models.loaders import load_svr
     from iss3d.train import runs
     from iss3d.train.datamodule import MultiViewDataModule
 

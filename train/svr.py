@@ -38,6 +38,7 @@ from iss3d.data.reader import MultiViewFile
 from iss3d.models import losses as L
 from iss3d.models.decoder import DecoderConfig
 from iss3d.models.encoder import EncoderConfig
+from iss3d.models.loaders import ArchitectureCard
 from iss3d.models.march import MarchConfig, cube_interval
 from iss3d.models.metrics import depth_l1, mask_iou, occupancy_iou
 from iss3d.models.renderer import RayHits, Renderer, trace_surface
@@ -426,6 +427,15 @@ class SVRSystem(DataSystem):
         # Saved with every checkpoint: the view size the encoder was trained on (used to check
         # the size of input images given to `iss3d export --image`).
         self.hparams["image_size"] = [self.file.height, self.file.width]
+
+    def architecture(self) -> ArchitectureCard:
+        size = self.hparams.get("image_size")
+        return ArchitectureCard(
+            kind="svr",
+            encoder=self.cfg.encoder,
+            decoder=self.cfg.decoder,
+            image_size=tuple(size) if size else None,
+        )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, c_dim)."""

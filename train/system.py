@@ -10,6 +10,7 @@ import torch
 
 from iss3d.core.atomic import atomic_output
 from iss3d.data.reader import MultiViewFile
+from iss3d.models.loaders import ArchitectureCard
 from iss3d.train.datamodule import open_extra_files
 
 __all__ = ["DataSystem", "Frozen"]
@@ -26,12 +27,22 @@ class Frozen:
 class DataSystem(pl.LightningModule):
     """A LightningModule trained on one multi-view file (``self.cfg.data.path``).
 
-    Subclasses set ``self.cfg`` (with a ``data`` section) and may set ``self.image_dir`` (where
-    :meth:`save_grid` writes ``step_<k>.png``; None: not written).
+    Subclasses set ``self.cfg`` (with a ``data`` section), may set ``self.image_dir`` (where
+    :meth:`save_grid` writes ``step_<k>.png``; None: not written) and define
+    :meth:`architecture`, the card their checkpoints carry (``ckpt["architecture"]``).
     """
 
     _file: MultiViewFile | None = None
     image_dir: Path | None = None
+
+    def architecture(self) -> ArchitectureCard | None:
+        """The architecture card every checkpoint of this system carries (None: no card)."""
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        card = self.architecture()
+        if card is not None:
+            checkpoint["architecture"] = card.to_checkpoint()
 
     @property
     def file(self) -> MultiViewFile:

@@ -430,7 +430,7 @@ def test_voxel_field_is_a_differentiable_sphere_the_stage2_loop_can_move():
 
 
 def test_fit_eid_writes_a_checkpoint_the_ei_d_method_loads(tiny_world, tmp_path):
-    from iss3d.infer.methods import load_eid
+    from iss3d.models.loaders import load_eid
 
     out = tmp_path / "eid"
     a = ["fit", "eid", "--config", "eid/tiny", "--clip", "clip/tiny-64"]
@@ -444,5 +444,5 @@ def test_fit_eid_writes_a_checkpoint_the_ei_d_method_loads(tiny_world, tmp_path)
     occ = model.decoder.occupancy(torch.zeros(1, 4, 3), torch.zeros(1, 128))
     assert occ.shape == (1, 4)
     torch.save({"state_dict": {}, "hyper_parameters": {"config": {}}}, tmp_path / "other.ckpt")
-    with pytest.raises(ev.UserError, match="not an E_I"):
+    with pytest.raises(ev.UserError, match="not an iss3d E_I"):
         load_eid(tmp_path / "other.ckpt")

@@ -9,9 +9,8 @@ import torch
 
 from iss3d.infer.cli import main
 from iss3d.infer.generate import DEFAULT_CLIP, DEFAULT_STAGE1, PRETRAINED_DIR
-from iss3d.infer.stage1 import load_stage1
-from iss3d.infer.svr import load_svr
 from iss3d.models.clip import load_clip
+from iss3d.models.loaders import load_stage1, load_svr
 
 JUDGE = PRETRAINED_DIR / "clip-judge.pt"
 SVR = PRETRAINED_DIR / "svr.pt"
@@ -24,7 +23,7 @@ def test_shipped_models_fit_together_within_30_mb():
     judge, svr = load_clip(str(files[2])), load_svr(files[3])
     assert clip.trained and judge.trained
     assert stage1.mapper_config.in_dim == clip.embed_dim == judge.embed_dim
-    assert stage1.mapper_config.out_dim == svr.config.decoder.c_dim
+    assert stage1.mapper_config.out_dim == svr.card.decoder.c_dim
     # The judge is another model, not a copy of the guiding CLIP.
     text = ["a red chair", "a blue sphere"]
     assert not torch.allclose(clip.encode_text(text), judge.encode_text(text))

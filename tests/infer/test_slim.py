@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iss3d.infer.cli import main
-from iss3d.infer.svr import load_svr
+from iss3d.models.loaders import load_svr
 from tests.train.test_svr import fit
 
 

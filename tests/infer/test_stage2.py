@@ -14,7 +14,6 @@ from iss3d.core.errors import UserError
 from iss3d.data.cameras import look_at, orbit_eyes
 from iss3d.infer.export import turntable_cameras
 from iss3d.infer.guidance import Guide, PromptSchedule
-from iss3d.infer.stage1 import load_stage1
 from iss3d.infer.stage2 import (
     Stage2Config,
     render_views,
@@ -24,6 +23,7 @@ from iss3d.infer.stage2 import (
 )
 from iss3d.infer.view_sampling import CameraConfig, fixed_views, sample_views
 from iss3d.models.clip import load_clip
+from iss3d.models.loaders import load_stage1
 from iss3d.models.march import MarchConfig
 from iss3d.models.renderer import Renderer
 from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders

@@ -16,7 +16,6 @@ from PIL import Image
 from iss3d.core.errors import UserError
 from iss3d.infer.cli import main
 from iss3d.infer.guidance import Guide, PromptSchedule
-from iss3d.infer.stage1 import load_stage1
 from iss3d.infer.stylize import (
     StylizeConfig,
     decoder_fingerprint,
@@ -29,6 +28,7 @@ from iss3d.infer.stylize import (
 )
 from iss3d.models.clip import load_clip
 from iss3d.models.decoder import BranchedDecoder, split_branches
+from iss3d.models.loaders import load_stage1
 from iss3d.models.mesh import MeshConfig, extract_mesh
 from tests.fixtures.cli import error_line
 from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders, strict_json

@@ -9,7 +9,7 @@ import trimesh
 from PIL import Image
 
 from iss3d.infer.cli import main
-from iss3d.infer.svr import load_svr
+from iss3d.models.loaders import load_svr
 from iss3d.train.svr import SVRSystem
 from tests.train.test_svr import fit
 
@@ -150,7 +150,7 @@ def test_bad_checkpoints(tmp_path, tiny_world, capsys, make, message):
 
 def test_checkpoint_of_another_architecture(trained, tmp_path, tiny_world, capsys):
     ckpt = torch.load(trained, weights_only=True)
-    ckpt["hyper_parameters"]["config"]["decoder"]["hidden"] *= 2
+    ckpt["architecture"]["decoder"]["hidden"] *= 2
     path = tmp_path / "other.ckpt"
     torch.save(ckpt, path)
     assert main(["eval", "svr", str(path), "--data", str(tiny_world)]) == 2

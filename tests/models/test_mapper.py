@@ -190,7 +190,7 @@ def test_iss_bad_checkpoints(source, tmp_path):
 
 def test_import_iss_gives_a_stage1_file_with_the_same_weights(source, tmp_path, capsys):
     from iss3d.infer.cli import main
-    from iss3d.infer.stage1 import load_stage1
+    from iss3d.models.loaders import load_stage1
 
     mapper, decoder = source
     src = tmp_path / "iss.pth"

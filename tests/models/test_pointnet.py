@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from iss3d.core.errors import UserError
+from iss3d.models.loaders import load_pointnet
 from iss3d.models.pointnet import (
     PointNetCls,
     export_pointnet,
     feature_dim,
-    load_pointnet,
     map_pointnet_key,
     normalize_clouds,
 )

@@ -17,10 +17,9 @@ from iss3d.core.config import load_config
 from iss3d.data.reader import MultiViewFile
 from iss3d.data.synth.build import SynthConfig, synthesize
 from iss3d.infer.cli import main
-from iss3d.infer.stage1 import load_stage1
-from iss3d.infer.svr import load_svr
 from iss3d.models.clip import load_clip
 from iss3d.models.decoder import Decoder
+from iss3d.models.loaders import ArchitectureCard, load_stage1, load_svr
 from iss3d.models.march import MarchConfig
 from iss3d.models.renderer import Renderer, trace_surface
 from iss3d.train.datamodule import MultiViewDataModule
@@ -140,9 +139,11 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
     moved = tmp_path / "elsewhere.ckpt"
     shutil.copy(ckpt, moved)
     model = load_stage1(moved)
+    card = ArchitectureCard.from_dict(torch.load(moved, weights_only=True)["architecture"])
+    assert card.kind == "stage1" and card.encoder == svr.card.encoder
     assert model.clip_spec == CLIP and model.clip_embed_dim == 128
     assert model.image_size == (32, 32)
-    assert model.mapper_config.out_dim == 16 and model.decoder_config == svr.config.decoder
+    assert model.mapper_config.out_dim == 16 and model.decoder_config == svr.card.decoder
     f = load_clip(CLIP).encode_image(torch.rand(2, 3, 32, 32))
     assert model.latent(f).shape == (2, 16)
     tuned, original = model.decoder.state_dict(), svr.decoder.state_dict()

@@ -64,6 +64,9 @@ def test_fit_writes_run_folder_and_resumes(tiny_world, tmp_path):
     assert first["global_step"] == 4
     assert any(k.startswith("decoder.fc_p") for k in first["state_dict"])
     assert any(k.startswith("encoder.") for k in first["state_dict"])
+    card = first["architecture"]  # the architecture, apart from the training recipe
+    assert card["kind"] == "svr" and card["decoder"]["hidden"] == 32
+    assert card["image_size"] == [32, 32]
     rows = metrics_rows(out)
     train_rows = [r for r in rows if r.get("train/loss")]
     assert train_rows and all(math.isfinite(float(r["train/loss"])) for r in train_rows)

@@ -7,18 +7,8 @@ import sys
 from pathlib import Path
 
 
-def _subcommands(commands: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:
-    """The subcommand group of the existing ``iss3d <name>`` parser (e.g. ``eval``)."""
-    parser = commands.choices[name]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError(f"iss3d {name} has no subcommands")
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``clip`` to ``iss3d eval`` (registered after infer/svr_commands.py made the group)."""
-    sub = _subcommands(commands, "eval")
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    """Add ``clip`` to the ``iss3d eval`` group."""
     p = sub.add_parser(
         "clip",
         help="zero-shot top-1 and text->image R@1 of a CLIP model on a dataset split",

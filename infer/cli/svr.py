@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("eval", help="evaluate a trained model")
-    sub = evaluate.add_subparsers(dest="eval_command", required=True, metavar="MODEL")
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    """Add ``svr`` to the ``iss3d eval`` group."""
     p = sub.add_parser("svr", help="single-view IoU, mask IoU and depth error of an SVR checkpoint")
     p.add_argument("checkpoint", type=Path, help="a .ckpt written by `iss3d fit svr`")
     p.add_argument(
@@ -25,6 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.set_defaults(run=_eval_svr)
 
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``export`` command to the ``iss3d`` parser."""
     p = commands.add_parser(
         "export", help="reconstruct one object with an SVR model: mesh + turntable"
     )
@@ -49,7 +51,8 @@ def _eval_svr(args) -> int:
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
-    from iss3d.infer.svr import evaluate_svr, load_svr
+    from iss3d.infer.svr import evaluate_svr
+    from iss3d.models.loaders import load_svr
 
     if args.input_views <= 0 or args.n_steps <= 1:
         raise UserError("--input-views must be positive and --n-steps at least 2")
@@ -85,7 +88,8 @@ def _export(args) -> int:
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
     from iss3d.infer.export import render_turntable, save_mesh, save_turntable
-    from iss3d.infer.svr import image_tensor, load_svr
+    from iss3d.infer.svr import image_tensor
+    from iss3d.models.loaders import load_svr
     from iss3d.models.march import MarchConfig
     from iss3d.models.mesh import MeshConfig, extract_mesh
     from iss3d.models.renderer import Renderer

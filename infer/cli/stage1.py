@@ -6,12 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from iss3d.infer.clip_commands import _subcommands
 
-
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``stage1`` to ``iss3d eval`` (registered after infer/svr_commands.py made the group)."""
-    sub = _subcommands(commands, "eval")
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    """Add ``stage1`` to the ``iss3d eval`` group."""
     p = sub.add_parser(
         "stage1",
         help="mapper fit (cos, IoU ratio), text IoU and background whiteness on a split",

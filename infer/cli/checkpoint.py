@@ -51,7 +51,7 @@ def _slim(args: argparse.Namespace) -> int:
 
 
 def _import_iss(args: argparse.Namespace) -> int:
-    from iss3d.infer.stage1 import import_iss_checkpoint
+    from iss3d.models.loaders import import_iss_checkpoint
 
     model = import_iss_checkpoint(args.checkpoint, args.out, clip_spec=args.clip)
     m = model.mapper_config

@@ -67,7 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def command_line(args: argparse.Namespace) -> str:
     """The stylize command as typed."""
-    from iss3d.infer.generate_commands import typed_command
+    from iss3d.infer.cli.generate import typed_command
 
     flags = ("mode", "out", "seed", "steps", "views", "res", "preset", "stage1", "clip")
     return typed_command(["iss3d", "stylize", str(args.run_dir), args.style], args, flags)
@@ -77,7 +77,7 @@ def stylize_command(args: argparse.Namespace) -> int:
     """Check the cheap things (numbers, mode, style, config, run folder) first, then run
     :func:`iss3d.infer.stylize.stylize`."""
     from iss3d.core.errors import UserError
-    from iss3d.infer.generate_commands import check_loop_flags, flag_overrides
+    from iss3d.infer.cli.generate import check_loop_flags, flag_overrides
 
     check_loop_flags(args, ("steps", "views", "res"))
 

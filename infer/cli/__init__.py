@@ -1,0 +1,65 @@
+"""The ``iss3d`` command line: subcommands, one-line errors, clean interrupts.
+
+One file per command group: ``data`` (build, import, check datasets), ``fit`` (training),
+``svr`` (``export``, ``eval svr``), ``clip`` (``eval clip``), ``stage1`` (``eval stage1``),
+``generate``, ``stylize``, ``checkpoint`` (``slim``, ``import-iss``), ``gallery``,
+``evaluate``. Each adds its commands with ``register(commands)``, and its ``iss3d eval``
+subcommand with ``register_eval(eval_commands)``; a command's work is imported when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from iss3d.core.errors import UserError
+from iss3d.infer.cli import (
+    checkpoint,
+    clip,
+    data,
+    evaluate,
+    fit,
+    gallery,
+    generate,
+    stage1,
+    stylize,
+    svr,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iss3d",
+        description="Text to coloured 3D shapes the ISS way: train, generate, evaluate",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data.register(commands)
+    fit.register(commands)
+    group = commands.add_parser("eval", help="evaluate a trained model")
+    eval_commands = group.add_subparsers(dest="eval_command", required=True, metavar="MODEL")
+    for module in (svr, clip, stage1):
+        module.register_eval(eval_commands)
+    svr.register(commands)
+    generate.register(commands)
+    stylize.register(commands)
+    checkpoint.register(commands)
+    gallery.register(commands)
+    evaluate.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print one line to stderr and return 2, Ctrl-C returns 130."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as err:
+        print(f"iss3d: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iss3d: interrupted; no partial outputs were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
