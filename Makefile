@@ -129,9 +129,10 @@ report: models $(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt $(MODELS_WORK)/e
 	sed 's#(plots/#(#' $(EVAL_OUT)/report.md > docs/evaluation/report.md
 	cp $(EVAL_OUT)/results.csv $(EVAL_OUT)/plots/*.png docs/evaluation/
 
-lint: setup ## Check style with ruff
+lint: setup ## Check style with ruff, and the layer contract (tests/test_layers.py)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m tests.test_layers
 
 format: setup ## Reformat and fix what ruff can
 	$(VENV)/bin/ruff check --fix .

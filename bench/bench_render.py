@@ -222,7 +222,7 @@ def shipped_latents(
     """The shipped stage-1 decoder and M(f_T) of ``prompts``: stage 2's first render.
 
     Returns (decoder, (len(prompts), c_dim) latents)."""
-    from iss3d.infer.generate import resolve_models
+    from iss3d.infer.session import resolve_models
 
     model, _, clip, _ = resolve_models(None, None, device)
     with torch.no_grad():

@@ -36,8 +36,9 @@ import torch
 from bench.bench_render import PROMPTS, SphereDecoder
 from bench.common import target, write_result
 from iss3d.core.config import load_config
-from iss3d.infer.generate import load_generate_config, resolve_models
+from iss3d.infer.generator import load_generate_config
 from iss3d.infer.guidance import Guide, PromptSchedule
+from iss3d.infer.session import resolve_models
 from iss3d.infer.stage2 import Stage2Config, run_stage2
 from iss3d.models.clip import ClipModel, build_open_clip
 from iss3d.train.stage1 import Stage1Config

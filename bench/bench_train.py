@@ -29,7 +29,7 @@ import torch
 from bench.common import write_result
 from iss3d.core.config import load_config
 from iss3d.data.synth.build import SynthConfig, synthesize
-from iss3d.infer.generate import PRETRAINED_DIR
+from iss3d.infer.session import PRETRAINED_DIR
 from iss3d.train import runs
 from iss3d.train.clip import ClipConfig, ClipSystem
 from iss3d.train.datamodule import MultiViewDataModule

@@ -20,7 +20,8 @@ texture code resets its loss inside the view loop, so only its last view counts)
 step whose loss, CLIP score or gradients are not finite is skipped and counted in the
 warnings, as in stage 2 (:func:`iss3d.infer.stage2.guarded_step`).
 
-The run folder of ``iss3d generate`` holds ``latent.pt`` (:func:`save_latent`): the final
+The run folder of ``iss3d generate`` holds ``latent.pt``
+(:func:`iss3d.infer.shape_files.save_latent`): the final
 latent c, the stage-1 checkpoint and the CLIP model it used. ``iss3d stylize RUN_DIR STYLE``
 writes ``RUN_DIR/style-<style>`` (``-shape`` appended in shape+texture mode) or ``--out``:
 ``mesh.glb`` / ``mesh.ply`` with vertex colours, ``turntable.gif`` (+ ``.png`` strip),
@@ -33,14 +34,12 @@ temporary folder renamed at the end, so an error or Ctrl-C leaves nothing.
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 import sys
 import time
 import unicodedata
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -53,35 +52,29 @@ from iss3d.core import config as config_lib
 from iss3d.core.config import StrictConfig, load_preset
 from iss3d.core.device import resolve_device
 from iss3d.core.errors import UserError
-from iss3d.infer.generate import ExportConfig
 from iss3d.infer.guidance import AugmentConfig, GuidanceConfig, Guide
+from iss3d.infer.session import device_info, versions, warn, warning_suffix
+from iss3d.infer.shape_files import LATENT_FILE, ExportConfig, load_latent
 from iss3d.infer.view_sampling import CameraConfig
 from iss3d.models.decoder import BranchedDecoder, Decoder, split_branches
 from iss3d.models.march import ImplicitField, MarchConfig, occupancy_in_chunks
 from iss3d.models.renderer import Renderer
 
 __all__ = [
-    "LATENT_FILE",
     "MODES",
     "PriorConfig",
     "StyleConfig",
     "StylizeConfig",
     "StylizeResult",
-    "decoder_fingerprint",
     "default_style_out",
-    "load_latent",
     "load_stylize_config",
     "occupancy_lattice",
     "prior_loss",
     "run_stylize",
-    "save_latent",
     "shape_iou",
     "stylize",
 ]
 
-#: What ``iss3d generate`` writes beside each shape for ``iss3d stylize``.
-LATENT_FILE = "latent.pt"
-_LATENT_FORMAT = "iss3d-latent"
 _STYLIZED_FORMAT = "iss3d-stylized"
 MODES = ("texture", "shape+texture")
 Mode = Literal["texture", "shape+texture"]
@@ -194,102 +187,6 @@ def load_stylize_config(
     """A preset name (``configs/stylize/<name>.yaml``) or a YAML path, plus ``key=value``
     overrides, parsed strictly (UserError for unknown keys, bad types or values)."""
     return load_preset(StylizeConfig, "stylize", preset, overrides)
-
-
-# -- the latent file written by generate ----------------------------------------------------------
-
-
-def decoder_fingerprint(decoder: nn.Module) -> str:
-    """sha256 of a module's state (keys, dtypes, shapes and values): which decoder a latent
-    belongs to."""
-    h = hashlib.sha256()
-    for key, value in sorted(decoder.state_dict().items()):
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def save_latent(
-    path: str | Path,
-    latent: torch.Tensor,
-    *,
-    prompt: str,
-    stage1: str | Path,
-    clip: str,
-    decoder: nn.Module,
-    latent_before: torch.Tensor | None = None,
-) -> Path:
-    """Write ``latent.pt``: what ``iss3d stylize`` needs to rebuild a generated shape.
-
-    Contents (``torch.load(..., weights_only=True)`` reads it): ``format``
-    ("iss3d-latent"), ``version`` 1, ``latent`` (1, c_dim) float32, ``latent_before`` (the
-    shape before stage 2) or None, ``prompt``, ``stage1`` (the checkpoint's absolute path),
-    ``clip`` (the CLIP spec; absolute when it is a file), ``decoder_sha256``
-    (:func:`decoder_fingerprint` of the stage-1 decoder).
-    """
-    stage1_path = Path(stage1).resolve()
-    clip_path = Path(clip)
-    data = {
-        "format": _LATENT_FORMAT,
-        "version": 1,
-        "latent": latent.detach().float().cpu().reshape(1, -1).clone(),
-        "latent_before": None
-        if latent_before is None
-        else latent_before.detach().float().cpu().reshape(1, -1).clone(),
-        "prompt": prompt,
-        "stage1": str(stage1_path),
-        "clip": str(clip_path.resolve()) if clip_path.is_file() else str(clip),
-        "decoder_sha256": decoder_fingerprint(decoder),
-    }
-    path = Path(path)
-    torch.save(data, path)
-    return path
-
-
-def load_latent(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``RUN_DIR/latent.pt`` (see :func:`save_latent`).
-
-    Raises:
-        UserError: RUN_DIR is missing or not a folder, holds several samples, is not a
-            generate folder, or its latent file is unreadable or not one.
-    """
-    from iss3d.models.checkpoints import safe_load
-
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise UserError(f"{run_dir}: no such folder")
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: not a folder (expected an `iss3d generate` output folder)")
-    path = run_dir / LATENT_FILE
-    if not path.is_file():
-        samples = sorted(p.name for p in run_dir.glob("sample_*") if (p / LATENT_FILE).is_file())
-        if samples:
-            raise UserError(
-                f"{run_dir}: a folder of several samples ({', '.join(samples[:3])}"
-                f"{', ...' if len(samples) > 3 else ''}); stylize one of them, e.g. "
-                f"{run_dir / samples[0]}"
-            )
-        if (run_dir / "report.json").is_file() and (run_dir / "turntable.gif").is_file():
-            raise UserError(
-                f"{run_dir}: has no {LATENT_FILE} (written by an older `iss3d generate`?); "
-                "generate the shape again"
-            )
-        raise UserError(f"{run_dir}: not an `iss3d generate` output folder (no {LATENT_FILE})")
-    data = safe_load(path, what="latent")
-    keys = ("format", "latent", "stage1", "clip", "prompt")
-    if (
-        not isinstance(data, dict)
-        or data.get("format") != _LATENT_FORMAT
-        or not all(k in data for k in keys)
-    ):
-        raise UserError(f"{path}: not an iss3d latent file")
-    c = data["latent"]
-    if not isinstance(c, torch.Tensor) or c.dim() != 2 or c.shape[0] != 1:
-        raise UserError(f"{path}: the latent must be a (1, c_dim) tensor")
-    if not torch.isfinite(c).all():
-        raise UserError(f"{path}: the latent has non-finite values")
-    return data
 
 
 # -- losses and measures ---------------------------------------------------------------------------
@@ -463,34 +360,16 @@ def run_stylize(
         t0 = time.perf_counter()
         views = sample_views(cfg.cameras, cfg.views, generator)
         out = guided_loss(
-            renderer,
-            tuned,
-            c,
-            views,
-            guide,
-            augment,
-            cfg.guidance,
-            cfg.resolution,
-            cfg.march.padding,
-            cfg.pixel_convention,
-        )
-        total = out.total
-        loss_prior = torch.zeros((), device=device)
+            renderer, tuned, c, views, guide, augment, cfg.guidance, cfg.resolution,
+            cfg.march.padding, cfg.pixel_convention,
+        )  # fmt: skip
+        total, loss_prior = out.total, torch.zeros((), device=device)
         if shape_mode and cfg.lambda_prior > 0:
             points = _prior_points(surface, cfg.prior, half, generator, device)
             loss_prior = prior_loss(tuned, decoder, c, points, cfg.prior.target)
             total = total + cfg.lambda_prior * loss_prior
         skipped = guarded_step(optimizer, total, skip_reason(total, out.score))
-        record = {
-            "step": step,
-            "clip_score": out.score,
-            "loss": float(total.detach()),
-            "loss_clip": float(out.loss_clip.detach()),
-            "loss_bg": float(out.loss_bg.detach()),
-            "loss_prior": float(loss_prior.detach()),
-            "seconds": time.perf_counter() - t0,
-            "skipped": skipped,
-        }
+        record = _step_record(step, out, total, loss_prior, time.perf_counter() - t0, skipped)
         history.append(record)
         if callback is not None:
             callback(record)
@@ -499,6 +378,21 @@ def run_stylize(
     if not parameters_changed(initial, params):
         messages.append("stylize left the shape and its colours unchanged")
     return StylizeResult(tuned, mode, history, time.perf_counter() - start, messages)
+
+
+def _step_record(step: int, out, total, loss_prior, seconds: float, skipped) -> dict[str, Any]:
+    """A stylization step's entry of the history (report.json): the CLIP score, the losses,
+    the time and why the step was skipped (None: it was taken)."""
+    return {
+        "step": step,
+        "clip_score": out.score,
+        "loss": float(total.detach()),
+        "loss_clip": float(out.loss_clip.detach()),
+        "loss_bg": float(out.loss_bg.detach()),
+        "loss_prior": float(loss_prior.detach()),
+        "seconds": seconds,
+        "skipped": skipped,
+    }
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -591,201 +485,153 @@ def _stylize(
     preset: str | None,
     t_start: float,
 ) -> int:
-    import yaml
-    from PIL import Image
-
-    from iss3d.core.atomic import atomic_directory, write_json
-    from iss3d.infer.export import render_turntable, save_mesh, save_turntable
-    from iss3d.infer.generate import (
-        _Progress,
-        _score,
-        device_info,
-        resolve_models,
-        versions,
-        views_sheet,
-        warn,
-        warning_suffix,
-    )
-    from iss3d.infer.guidance import PromptSchedule
-    from iss3d.models.clip import load_clip
-    from iss3d.models.mesh import MeshConfig, extract_mesh
+    from iss3d.core.atomic import atomic_directory
+    from iss3d.infer.session import Progress, build_guide, load_ensemble
+    from iss3d.infer.shape_files import frames_score, render_shape, write_run_files, write_shape
 
     st, ex = cfg.stylize, cfg.export
     timings: dict[str, float] = {}
-    warnings_seen: list[str] = []
+    seen: list[str] = []
     with atomic_directory(out) as folder:
         t0 = time.perf_counter()
         dev, note = resolve_device(device)
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
-        stage1_path = Path(stage1) if stage1 is not None else Path(latent["stage1"])
-        if stage1 is None and not stage1_path.is_file():
-            raise UserError(
-                f"{run_dir}: was generated with {stage1_path}, which does not exist; pass "
-                "--stage1 CKPT"
-            )
-        clip_spec = clip if clip is not None else latent["clip"]
-        try:
-            model, stage1_path, clip_model, clip_spec = resolve_models(stage1_path, clip_spec, dev)
-        except UserError as err:
-            if clip is None and str(clip_spec) in str(err):
-                raise UserError(
-                    f"{err} (the CLIP model {LATENT_FILE} records; pass --clip SPEC)"
-                ) from None
-            raise
+        model, stage1_path, clip_model, clip_spec = _resolve_for(run_dir, latent, stage1, clip, dev)
         if note:
             print(f"iss3d: {note}", file=sys.stderr)
-        decoder = model.decoder
-        if decoder_fingerprint(decoder) != latent.get("decoder_sha256"):
-            text = (
-                f"the decoder of {stage1_path} is not the one {run_dir} was generated with; "
-                "the shape will differ"
-            )
-            warnings_seen.append(text)
-            warn(text)
-        c = latent["latent"].to(dev)
-        if c.shape[1] != decoder.c_dim:
-            raise UserError(
-                f"{run_dir / LATENT_FILE}: a {c.shape[1]}-d latent, but the decoder of "
-                f"{stage1_path} takes {decoder.c_dim}-d latents"
-            )
-        members, weights = [clip_model], [st.guidance.clip_weight]
-        for member in st.guidance.ensemble:
-            members.append(load_clip(member.spec, dev))
-            weights.append(member.weight)
+        decoder, c = model.decoder, _latent_for(run_dir, latent, model, stage1_path, dev, seen)
+        members, weights = load_ensemble(clip_model, st.guidance, dev)
         timings["load_models_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            schedule = PromptSchedule(style, st.guidance)
-            guide = Guide(members, weights, schedule, st.guidance)
-            prompt_feature = clip_model.encode_text([latent["prompt"]])[0]
-        for w in caught:
-            text = " ".join(str(w.message).split())
-            if text not in warnings_seen:
-                warnings_seen.append(text)
-                warn(text)
+        guide, schedule = build_guide(members, weights, style, st.guidance, seen)
+        prompt_feature = clip_model.encode_text([latent["prompt"]])[0]
         timings["encode_text_s"] = time.perf_counter() - t0
 
-        generator = torch.Generator().manual_seed(seed)
-        bar = _Progress(st.steps, f"stylize ({mode})", progress)
+        bar = Progress(st.steps, f"stylize ({mode})", progress)
         try:
-            result = run_stylize(decoder, c, guide, st, generator, mode=mode, callback=bar)
+            result = run_stylize(
+                decoder, c, guide, st, torch.Generator().manual_seed(seed), mode=mode, callback=bar
+            )
         finally:
             bar.close()
         timings["stylize_s"] = result.seconds
-        warnings_seen += result.warnings
+        seen += result.warnings
         tuned = result.decoder
 
         t0 = time.perf_counter()
         iou = shape_iou(decoder, tuned, c, st.iou_grid, st.march.chunk)
         timings["iou_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        mesh_cfg = MeshConfig(
-            resolution0=ex.mesh_resolution0,
-            upsampling_steps=ex.mesh_upsampling_steps,
-            padding=st.march.padding,
-            chunk=st.march.chunk,
-        )
-        mesh = extract_mesh(tuned, c, mesh_cfg)
-        timings["mesh_s"] = time.perf_counter() - t0
-        mesh_info: dict[str, Any] = {
-            "vertices": len(mesh.vertices),
-            "faces": len(mesh.faces),
-            "written": len(mesh.faces) > 0,
-            "resolution": mesh_cfg.resolution,
-        }
-        if len(mesh.faces):
-            for suffix in ("glb", "ply"):
-                save_mesh(mesh, folder / f"mesh.{suffix}")
-        else:
+        render = render_shape(tuned, c, (decoder, c), ex, st.march, st.cameras.mean_distance)
+        timings.update(render.times)
+        if not render.mesh_info["written"]:
             warn("the stylized shape is empty (no surface); no mesh written")
-        color_change = _color_change(tuned, decoder, c, mesh.vertices)
-        timings["mesh_write_s"] = time.perf_counter() - t0 - timings["mesh_s"]
-
-        t0 = time.perf_counter()
-        march = replace(st.march, n_steps=ex.march_steps or st.march.n_steps)
-        view_renderer = Renderer(march)
-        distance = ex.distance if ex.distance is not None else st.cameras.mean_distance
-        frames = render_turntable(
-            tuned, c, view_renderer, ex.turntable_views, ex.turntable_resolution,
-            ex.elevation, distance,
-        )  # fmt: skip
-        save_turntable(frames, folder)
-        timings["turntable_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        before = render_turntable(
-            decoder, c, view_renderer, ex.eval_views, ex.turntable_resolution, ex.elevation,
-            distance,
-        )  # fmt: skip
-        if ex.turntable_views % ex.eval_views == 0:
-            after = frames[:: ex.turntable_views // ex.eval_views]
-        else:
-            after = render_turntable(
-                tuned, c, view_renderer, ex.eval_views, ex.turntable_resolution, ex.elevation,
-                distance,
-            )  # fmt: skip
-        Image.fromarray(views_sheet(before, after)).save(folder / "views.png")
+        color_change = _color_change(tuned, decoder, c, render.mesh.vertices)
+        write_shape(render, folder)
         scores = {
-            "clip_score_before": _score(clip_model, before, guide.prompt_feature),
-            "clip_score_after": _score(clip_model, after, guide.prompt_feature),
-            "prompt_score_before": _score(clip_model, before, prompt_feature),
-            "prompt_score_after": _score(clip_model, after, prompt_feature),
+            "clip_score_before": frames_score(clip_model, render.before, guide.prompt_feature),
+            "clip_score_after": frames_score(clip_model, render.after, guide.prompt_feature),
+            "prompt_score_before": frames_score(clip_model, render.before, prompt_feature),
+            "prompt_score_after": frames_score(clip_model, render.after, prompt_feature),
         }
-        timings["views_s"] = time.perf_counter() - t0
-
-        torch.save(
-            {
-                "format": _STYLIZED_FORMAT,
-                "version": 1,
-                "mode": mode,
-                "style": style,
-                "kind": "branched" if isinstance(tuned, BranchedDecoder) else "decoder",
-                "decoder": {k: v.detach().cpu() for k, v in tuned.state_dict().items()},
-                "decoder_config": config_lib.to_dict(model.decoder_config),
-                "latent": c.detach().cpu(),
-                "stage1": str(Path(stage1_path).resolve()),
-            },
-            folder / "stylized.pt",
-        )
+        _save_stylized(folder, mode, style, tuned, model.decoder_config, c, stage1_path)
         timings["total_s"] = time.perf_counter() - t_start
-        report = {
-            "style": style,
-            "mode": mode,
-            "seed": seed,
-            "run_dir": str(run_dir),
-            "prompt": latent["prompt"],
-            "preset": preset,
-            "command": command,
-            "stage1": str(stage1_path),
-            "clip": clip_spec,
-            "clip_trained": bool(clip_model.trained),
-            "ensemble": [m.spec for m in st.guidance.ensemble],
-            "prompts": schedule.texts,
-            "config": cfg.to_dict(),
-            "device": device_info(dev),
-            "versions": versions(),
-            "warnings": warnings_seen,
-            "iou_to_initial": iou,
-            "iou_grid": st.iou_grid + 1,
-            "color_change": color_change,
-            **scores,
-            "clip_score_per_step": [h["clip_score"] for h in result.history],
-            "history": result.history,
-            "mesh": mesh_info,
-            "timings": timings,
-        }
-        write_json(folder / "report.json", report)
-        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if command:
-            (folder / "command.txt").write_text(command + "\n")
+        facts = {"style": style, "mode": mode, "seed": seed, "run_dir": str(run_dir)}
+        facts.update(prompt=latent["prompt"], preset=preset, command=command)
+        report = _style_report(facts, cfg, stage1_path, clip_model, clip_spec, schedule, dev, seen)
+        report.update(iou_to_initial=iou, iou_grid=st.iou_grid + 1, color_change=color_change)
+        report.update(scores, clip_score_per_step=[h["clip_score"] for h in result.history])
+        report.update(history=result.history, mesh=render.mesh_info, timings=timings)
+        write_run_files(folder, report, cfg.to_dict(), command)
     change = "n/a" if color_change is None else f"{color_change:.3f}"
     print(
-        f"wrote {out} ({'mesh.glb/.ply, ' if mesh_info['written'] else ''}turntable.gif, "
+        f"wrote {out} ({'mesh.glb/.ply, ' if render.mesh_info['written'] else ''}turntable.gif, "
         f"views.png, report.json): CLIP score for {style!r} {scores['clip_score_before']:.4f} "
         f"-> {scores['clip_score_after']:.4f}, IoU to the initial shape {iou:.3f}, colour "
         f"change {change}{warning_suffix(result.warnings)}"
     )
     return 0
+
+
+def _style_report(
+    facts, cfg, stage1_path, clip_model, clip_spec, schedule, dev, seen
+) -> dict[str, Any]:
+    """The head of a stylization's report.json: ``facts`` (style, mode, seed, run folder,
+    prompt, preset, command), the models, prompts, config, device, versions and warnings."""
+    st = cfg.stylize
+    return {
+        **facts,
+        "stage1": str(stage1_path),
+        "clip": clip_spec,
+        "clip_trained": bool(clip_model.trained),
+        "ensemble": [m.spec for m in st.guidance.ensemble],
+        "prompts": schedule.texts,
+        "config": cfg.to_dict(),
+        "device": device_info(dev),
+        "versions": versions(),
+        "warnings": seen,
+    }
+
+
+def _resolve_for(run_dir: Path, latent: dict[str, Any], stage1, clip, dev: torch.device):
+    """The stage-1 model and CLIP of a generated shape: ``stage1`` / ``clip`` when given, else
+    those its ``latent.pt`` records. Returns (model, stage-1 path, CLIP model, CLIP spec)."""
+    from iss3d.infer.session import resolve_models
+
+    stage1_path = Path(stage1) if stage1 is not None else Path(latent["stage1"])
+    if stage1 is None and not stage1_path.is_file():
+        raise UserError(
+            f"{run_dir}: was generated with {stage1_path}, which does not exist; pass --stage1 CKPT"
+        )
+    clip_spec = clip if clip is not None else latent["clip"]
+    try:
+        return resolve_models(stage1_path, clip_spec, dev)
+    except UserError as err:
+        if clip is None and str(clip_spec) in str(err):
+            raise UserError(
+                f"{err} (the CLIP model {LATENT_FILE} records; pass --clip SPEC)"
+            ) from None
+        raise
+
+
+def _latent_for(
+    run_dir: Path, latent: dict[str, Any], model, stage1_path: Path, dev, seen: list[str]
+) -> torch.Tensor:
+    """The generated shape's (1, c_dim) latent on ``dev``, checked against the decoder; a
+    decoder other than the one it was generated with is a warning (appended to ``seen``)."""
+    from iss3d.infer.shape_files import decoder_fingerprint
+
+    decoder = model.decoder
+    if decoder_fingerprint(decoder) != latent.get("decoder_sha256"):
+        text = (
+            f"the decoder of {stage1_path} is not the one {run_dir} was generated with; "
+            "the shape will differ"
+        )
+        seen.append(text)
+        warn(text)
+    c = latent["latent"].to(dev)
+    if c.shape[1] != decoder.c_dim:
+        raise UserError(
+            f"{run_dir / LATENT_FILE}: a {c.shape[1]}-d latent, but the decoder of "
+            f"{stage1_path} takes {decoder.c_dim}-d latents"
+        )
+    return c
+
+
+def _save_stylized(folder: Path, mode, style, tuned, decoder_config, c, stage1_path) -> None:
+    """``stylized.pt``: the tuned decoder, its kind and config, the latent and the stage-1
+    checkpoint (``torch.load(..., weights_only=True)`` reads it)."""
+    torch.save(
+        {
+            "format": _STYLIZED_FORMAT,
+            "version": 1,
+            "mode": mode,
+            "style": style,
+            "kind": "branched" if isinstance(tuned, BranchedDecoder) else "decoder",
+            "decoder": {k: v.detach().cpu() for k, v in tuned.state_dict().items()},
+            "decoder_config": config_lib.to_dict(decoder_config),
+            "latent": c.detach().cpu(),
+            "stage1": str(Path(stage1_path).resolve()),
+        },
+        folder / "stylized.pt",
+    )

@@ -11,3 +11,15 @@ choice, the installed files); the layers import only downwards: core < data < mo
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Generator", "__version__"]
+
+
+def __getattr__(name: str):
+    """``iss3d.Generator`` (:class:`iss3d.infer.generator.Generator`), imported on first use so
+    that ``import iss3d`` stays light."""
+    if name == "Generator":
+        from iss3d.infer.generator import Generator
+
+        return Generator
+    raise AttributeError(f"module 'iss3d' has no attribute {name!r}")

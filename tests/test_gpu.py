@@ -31,7 +31,7 @@ PROMPT = "a blue lamp"  # a thin stem: the hardest shipped shape for the grid ma
 
 def shipped(device: torch.device):
     """The shipped stage-1 model, CLIP and M(f_T) of :data:`PROMPT` on ``device``."""
-    from iss3d.infer.generate import resolve_models
+    from iss3d.infer.session import resolve_models
 
     model, _, clip, _ = resolve_models(None, None, device)
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_mesh_on_cuda_matches_the_cpu():
 
 
 def test_one_stage2_step_on_cuda_matches_the_cpu():
-    from iss3d.infer.generate import load_generate_config
+    from iss3d.infer.generator import load_generate_config
     from iss3d.infer.guidance import Guide, PromptSchedule
     from iss3d.infer.stage2 import run_stage2
 

@@ -39,6 +39,7 @@ MAY_IMPORT_TRAIN = ("iss3d.infer.cli", "iss3d.infer.stage1_eval")
 #: What `iss3d generate` / `iss3d stylize` / `iss3d export` and the Python API import.
 GENERATION_PATH = (
     "iss3d",
+    "iss3d.infer.generator",
     "iss3d.infer.generate",
     "iss3d.infer.stylize",
     "iss3d.infer.export",

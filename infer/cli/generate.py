@@ -114,12 +114,8 @@ def generate_command(args: argparse.Namespace) -> int:
     :func:`iss3d.infer.generate.generate`."""
     check_loop_flags(args, ("steps", "views", "res", "samples"))
 
-    from iss3d.infer.generate import (
-        check_generation_prompt,
-        default_out,
-        generate,
-        load_generate_config,
-    )
+    from iss3d.infer.generate import check_generation_prompt, default_out, generate
+    from iss3d.infer.generator import load_generate_config
 
     prompt = check_generation_prompt(args.prompt)
     keys = {"steps": "stage2.steps", "views": "stage2.views", "res": "stage2.resolution"}

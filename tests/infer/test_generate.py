@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 import iss3d.infer.generate as generate_module
+import iss3d.infer.session as session
 from iss3d.infer.cli import main
-from iss3d.infer.generate import GenerateConfig, load_generate_config
+from iss3d.infer.generator import GenerateConfig, load_generate_config
 from iss3d.models.clip import build_open_clip, clip_config, export_checkpoint
 from tests.fixtures.cli import error_line
 from tests.fixtures.nonfinite import poison_renders, strict_json
@@ -221,7 +222,7 @@ def test_unwritable_output_folder(stage1, tmp_path, capsys):
 
 
 def test_missing_models(stage1, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(generate_module, "DEFAULT_STAGE1", tmp_path / "pretrained" / "stage1.ckpt")
+    monkeypatch.setattr(session, "DEFAULT_STAGE1", tmp_path / "pretrained" / "stage1.ckpt")
     argv = ["generate", "a red chair", "--out", str(tmp_path / "out"), "--no-progress"]
     assert main(argv) == 2
     line = error_line(capsys)
@@ -328,13 +329,13 @@ def test_ctrl_c_during_stage2_leaves_nothing(stage1, tmp_path, capsys, monkeypat
 
 
 def test_ctrl_c_while_writing_leaves_nothing(stage1, tmp_path, capsys, monkeypatch):
-    import iss3d.infer.export
+    import iss3d.infer.shape_files
 
     def interrupted(frames, folder, name="turntable"):
         (Path(folder) / f"{name}.gif").write_bytes(b"GIF89a half")  # a half-written file
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(iss3d.infer.export, "save_turntable", interrupted)
+    monkeypatch.setattr(iss3d.infer.shape_files, "save_turntable", interrupted)
     assert run(stage1, tmp_path / "out", "--samples", "2") == 130
     assert leftovers(tmp_path) == []
 

@@ -8,7 +8,7 @@ import json
 import torch
 
 from iss3d.infer.cli import main
-from iss3d.infer.generate import DEFAULT_CLIP, DEFAULT_STAGE1, PRETRAINED_DIR
+from iss3d.infer.session import DEFAULT_CLIP, DEFAULT_STAGE1, PRETRAINED_DIR
 from iss3d.models.clip import load_clip
 from iss3d.models.loaders import load_stage1, load_svr
 

@@ -16,10 +16,9 @@ from PIL import Image
 from iss3d.core.errors import UserError
 from iss3d.infer.cli import main
 from iss3d.infer.guidance import Guide, PromptSchedule
+from iss3d.infer.shape_files import decoder_fingerprint, load_latent
 from iss3d.infer.stylize import (
     StylizeConfig,
-    decoder_fingerprint,
-    load_latent,
     load_stylize_config,
     occupancy_lattice,
     prior_loss,
@@ -404,13 +403,13 @@ def test_ctrl_c_mid_run_leaves_nothing(run_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_while_writing_leaves_nothing(run_dir, capsys, monkeypatch):
-    import iss3d.infer.export
+    import iss3d.infer.shape_files
 
     def interrupted(frames, folder, name="turntable"):
         (Path(folder) / f"{name}.gif").write_bytes(b"GIF89a half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(iss3d.infer.export, "save_turntable", interrupted)
+    monkeypatch.setattr(iss3d.infer.shape_files, "save_turntable", interrupted)
     before = listing(run_dir)
     assert stylize_cli(run_dir, None, "stylize.steps=1", style="glass") == 130
     assert listing(run_dir) == before
