@@ -87,7 +87,8 @@ def _export(args) -> int:
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
-    from iss3d.infer.export import render_turntable, save_mesh, save_turntable
+    from iss3d.infer.export import render_turntable, save_turntable
+    from iss3d.infer.shape_files import write_mesh
     from iss3d.infer.svr import image_tensor
     from iss3d.models.loaders import load_svr
     from iss3d.models.march import MarchConfig
@@ -130,8 +131,7 @@ def _export(args) -> int:
         args.resolution,
     )
     with atomic_directory(args.out) as folder:
-        for suffix in ("ply", "obj", "glb"):
-            save_mesh(mesh, folder / f"mesh.{suffix}")
+        write_mesh(mesh, folder, ("ply", "obj", "glb"))
         save_turntable(frames, folder)
         Image.fromarray((image[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(
             folder / "input.png"
