@@ -1,15 +1,16 @@
-"""CLIP guidance for stage 2: losses, augmentations, the prompt schedule and CLIP ensembles.
+"""CLIP guidance for stage 2: augmentations, the prompt schedule and CLIP ensembles; the loss
+L_C itself is :func:`iss3d.models.losses.clip_loss`.
 
 The knobs cover ISS and the CLIP-guided systems of the same family (see DESIGN.md, "Other
 systems"):
 
-- loss kind (:func:`view_losses`): ``"cosine"``, 1 - cos(e_v, t) (ISS), or ``"inner"``,
-  -<e_v, t> with e_v the *unnormalised* CLIP image embedding and t the unit text feature
-  (SimplifiedCLIP's inner-product loss; its scale follows the embedding norm).
-- aggregation (:func:`clip_loss`): ``"mean"`` of the per-view losses, their ``"sum"`` (ISS's
-  official code sums over the views), or ``"mean_embedding"``: the loss of the mean image
-  embedding of the views (SimplifiedCLIP). For the inner-product loss the mean embedding
-  gives exactly the mean of the per-view losses (the loss is linear in e).
+- loss kind (:func:`iss3d.models.losses.view_losses`): ``"cosine"``, 1 - cos(e_v, t) (ISS),
+  or ``"inner"``, -<e_v, t> with e_v the *unnormalised* CLIP image embedding and t the unit
+  text feature (SimplifiedCLIP's inner-product loss; its scale follows the embedding norm).
+- aggregation (:func:`iss3d.models.losses.clip_loss`): ``"mean"`` of the per-view losses,
+  their ``"sum"`` (ISS's official code sums over the views), or ``"mean_embedding"``: the
+  loss of the mean image embedding of the views (SimplifiedCLIP). For the inner-product loss
+  the mean embedding gives exactly the mean of the per-view losses (the loss is linear in e).
 - prompts (:class:`PromptSchedule`): the main prompt with a weight, extra prompts with
   weights and optional azimuth ranges (ClipMatrix: each prompt its own cameras), and
   per-view prompts "front / side / back / overhead view of <prompt>" chosen by each view's
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from iss3d.core.errors import UserError
 from iss3d.models.clip import ClipModel, RandomResizedCrop
+from iss3d.models.losses import Aggregation, LossKind, clip_loss
 from iss3d.models.mapper import perturb_feature
 
 __all__ = [
@@ -45,16 +47,10 @@ __all__ = [
     "PromptConfig",
     "PromptSchedule",
     "RandomPerspective",
-    "clip_loss",
     "clip_score",
     "image_embeddings",
     "view_label",
-    "view_losses",
 ]
-
-LossKind = Literal["cosine", "inner"]
-Aggregation = Literal["mean", "sum", "mean_embedding"]
-
 
 # -- configs ----------------------------------------------------------------------------------
 
@@ -172,7 +168,7 @@ class GuidanceConfig:
             raise UserError("guidance config: 'view_template' needs {view} and {prompt}")
 
 
-# -- losses -----------------------------------------------------------------------------------
+# -- CLIP embeddings --------------------------------------------------------------------------
 
 
 def image_embeddings(clip: ClipModel, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -185,75 +181,6 @@ def image_embeddings(clip: ClipModel, images: torch.Tensor, normalize: bool = Tr
         return clip.encode_image(images)
     x = clip.preprocess(images).to(clip.dtype)
     return clip.model.encode_image(x).float()
-
-
-def view_losses(embeddings: torch.Tensor, targets: torch.Tensor, kind: LossKind) -> torch.Tensor:
-    """Loss of each (embedding, target) pair.
-
-    Args:
-        embeddings: (N, D) image embeddings (unit length for "cosine" is not required).
-        targets: (N, D) or (D,) unit text features.
-        kind: "cosine": 1 - cos(e, t); "inner": -<e, t>.
-
-    Returns:
-        (N,) losses.
-    """
-    if kind == "cosine":
-        return 1.0 - F.cosine_similarity(embeddings, targets.expand_as(embeddings), dim=-1)
-    if kind == "inner":
-        return -(embeddings * targets).sum(-1)
-    raise ValueError(f"unknown loss kind {kind!r}")
-
-
-def clip_loss(
-    embeddings: torch.Tensor,
-    text: torch.Tensor,
-    weights: torch.Tensor,
-    kind: LossKind = "cosine",
-    aggregation: Aggregation = "mean",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_C of V views against P prompts.
-
-    Args:
-        embeddings: (V, D) image embeddings (unit length, or raw for "inner").
-        text: (P, D) unit text features (the targets).
-        weights: (V, P) non-negative weight of prompt p for view v; each row sums to 1 (or 0:
-            the view is not guided). See :meth:`PromptSchedule.weights`.
-        kind: "cosine" or "inner" (:func:`view_losses`).
-        aggregation: "mean" / "sum" over the guided views of the per-view losses
-            l_v = sum_p w_vp L(e_v, t_p); or "mean_embedding": sum_p s_p L(e_p, t_p) with
-            e_p = sum_v w_vp e_v / sum_v w_vp the weighted mean embedding of the views prompt p
-            guides and s_p = sum_v w_vp / (guided views) its share.
-
-    Returns:
-        (loss scalar, per-view losses (V,) l_v, detached; 0 for unguided views).
-    """
-    v, p = weights.shape
-    pair = view_losses(
-        embeddings[:, None, :].expand(v, p, -1).reshape(v * p, -1),
-        text[None].expand(v, p, -1).reshape(v * p, -1),
-        kind,
-    ).reshape(v, p)
-    per_view = (pair * weights).sum(-1)
-    guided = (weights.sum(-1) > 0).float()
-    n = guided.sum().clamp(min=1.0)
-    if aggregation == "mean":
-        loss = per_view.sum() / n
-    elif aggregation == "sum":
-        loss = per_view.sum()
-    elif aggregation == "mean_embedding":
-        mass = weights.sum(0)  # (P,)
-        used = mass > 0
-        mean_emb = (weights.T @ embeddings)[used] / mass[used, None]
-        loss = (view_losses(mean_emb, text[used], kind) * mass[used]).sum() / n
-    else:
-        raise ValueError(f"unknown aggregation {aggregation!r}")
-    return loss, per_view.detach()
-
-
-def reduce_views(values: torch.Tensor, aggregation: Aggregation) -> torch.Tensor:
-    """Reduce per-view values (V,) like L_C: sum for "sum", else mean."""
-    return values.sum() if aggregation == "sum" else values.mean()
 
 
 @torch.no_grad()

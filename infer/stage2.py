@@ -13,7 +13,8 @@ A lean PyTorch loop (no Lightning). From a stage-1 model (:func:`iss3d.infer.sta
    them with the decoder-drawn ("field") background (:func:`render_views`), augments the
    renders (:class:`iss3d.infer.guidance.Augmenter`), and minimises
    ``lambda_clip * L_C + lambda_bg * L_bg`` (:class:`iss3d.infer.guidance.Guide`; L_bg = mean
-   |1 - rgb| over each view's background pixels, reduced over views like L_C).
+   |1 - rgb| over each view's background pixels, reduced over views like L_C; both losses
+   are in :mod:`iss3d.models.losses`).
 
 The CLIP score of a step is the mean cosine between the stage-1 CLIP embeddings of that
 step's un-augmented renders and the plain (unperturbed) text feature of the prompt.
@@ -38,20 +39,24 @@ import torch
 from iss3d.core.config import StrictConfig
 from iss3d.core.errors import UserError
 from iss3d.data.cameras import pixel_coords, rays
-from iss3d.infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide, reduce_views
+from iss3d.infer.guidance import AugmentConfig, Augmenter, GuidanceConfig, Guide
 from iss3d.infer.view_sampling import CameraConfig, Views, sample_views
+from iss3d.models.losses import reduce_views, view_background_loss
 from iss3d.models.mapper import Mapper, perturb_feature
 from iss3d.models.march import ImplicitField, MarchConfig, cube_interval
 from iss3d.models.renderer import Renderer
 
 __all__ = [
     "SKIP_REASONS",
+    "BestMapper",
     "DiversityConfig",
     "GuidedLoss",
     "PhaseClock",
     "RenderedViews",
     "Stage2Config",
+    "Stage2Loop",
     "Stage2Result",
+    "finish_stage2",
     "guarded_step",
     "guided_loss",
     "make_augmenter",
@@ -60,6 +65,8 @@ __all__ = [
     "run_stage2",
     "skip_reason",
     "skipped_warnings",
+    "stage2_input",
+    "step_record",
 ]
 
 #: Why a step was skipped (its record's ``"skipped"``) -> how :func:`skipped_warnings` says it.
@@ -152,7 +159,8 @@ class RenderedViews:
         padded cube); differentiable with respect to the latent.
     foreground: (V, 1, H, W) float, 1 where the ray hits the surface (or starts inside).
     background: (V, 1, H, W) bool, rays inside the cube that miss the object: where L_bg acts.
-    bg_loss: (V,) mean |1 - rgb| over each view's background pixels (0 for a view with none).
+    bg_loss: (V,) mean |1 - rgb| over each view's background pixels (0 for a view with none;
+        :func:`iss3d.models.losses.view_background_loss`).
     evaluations: decoder points spent.
     """
 
@@ -200,9 +208,7 @@ def render_views(
     background = torch.zeros(n, dtype=torch.bool, device=device).index_put((index,), ~fg_rays)
     rgb = rgb.reshape(v, h * w, 3)
     background = background.reshape(v, h * w)
-    count = background.sum(-1)
-    per_pixel = (1.0 - rgb).abs().mean(-1) * background
-    bg_loss = per_pixel.sum(-1) / count.clamp(min=1)
+    bg_loss = view_background_loss(rgb, background)
     return RenderedViews(
         rgb=rgb.transpose(1, 2).reshape(v, 3, h, w),
         foreground=foreground.reshape(v, 1, h, w).float(),
@@ -408,6 +414,118 @@ class Stage2Result:
     warnings: list[str] = field(default_factory=list)
 
 
+class BestMapper:
+    """The mapper state of the step whose renders scored best, for ``keep: best``.
+
+    score, step: that step's CLIP score and index; state: a copy of the mapper's state dict
+    before that step's update (the mapper that made the renders). All None until
+    :meth:`offer` is first called.
+    """
+
+    def __init__(self) -> None:
+        self.score: float | None = None
+        self.step: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, score: float, step: int, mapper: Mapper) -> None:
+        """Keep a copy of ``mapper``'s state when ``score`` beats the best so far."""
+        if self.state is None or score > self.score:
+            self.score, self.step = score, step
+            self.state = {k: v.clone() for k, v in mapper.state_dict().items()}
+
+    def restore(self, mapper: Mapper) -> None:
+        """Load the kept state into ``mapper`` (nothing when none was kept)."""
+        if self.state is not None:
+            mapper.load_state_dict(self.state)
+
+
+def stage2_input(
+    guide: Guide, diversity: DiversityConfig, generator: torch.Generator, perturb: bool
+) -> torch.Tensor:
+    """The mapper input f (1, D) on the CPU: ``guide.prompt_feature`` f_T, or with ``perturb``
+    normalize(tau_1 f_T + (1 - tau_1) z); then ``guide``'s targets are perturbed in place by
+    tau_2 (both draws from ``generator``, in this order)."""
+    f_text = guide.prompt_feature.detach().float().cpu().reshape(1, -1)
+    if not perturb:
+        return f_text
+    f_in = perturb_feature(f_text, diversity.tau_1, generator)
+    guide.perturb_targets(diversity.tau_2, generator)
+    return f_in
+
+
+@dataclass
+class Stage2Loop:
+    """What the steps of one :func:`run_stage2` share.
+
+    tuned: the mapper being fine-tuned (train mode); f_in: (1, D) its input on its device.
+    decoder, guide, renderer, augment, optimizer: as :func:`guided_loss` and
+    :func:`guarded_step` take them. generator: the CPU generator (cameras).
+    clock: the phase clock when timed, else None. best: the best-scored mapper so far.
+    """
+
+    cfg: Stage2Config
+    tuned: Mapper
+    f_in: torch.Tensor
+    decoder: torch.nn.Module
+    guide: Guide
+    renderer: Renderer
+    augment: Augmenter
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    clock: PhaseClock | None
+    best: BestMapper
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One step: sample views, render M(f), the guided loss, an optimiser update unless
+        skipped (:func:`skip_reason`, :func:`guarded_step`); returns the step's record."""
+        cfg, clock = self.cfg, self.clock
+        t0 = time.perf_counter()
+        if clock is not None:
+            clock.start()
+        lap = clock.lap if clock is not None else None
+        views = sample_views(cfg.cameras, cfg.views, self.generator)
+        c = self.tuned(self.f_in)
+        out = guided_loss(
+            self.renderer,
+            self.decoder,
+            c,
+            views,
+            self.guide,
+            self.augment,
+            cfg.guidance,
+            cfg.resolution,
+            cfg.march.padding,
+            cfg.pixel_convention,
+            lap=lap,
+        )
+        skipped = skip_reason(out.total, out.score)
+        candidate = skipped is None and bool(out.rendered.foreground.any())
+        if cfg.keep == "best" and candidate:
+            # the mapper that made these renders, before this step's update
+            self.best.offer(out.score, step, self.tuned)
+        skipped = guarded_step(self.optimizer, out.total, skipped, lap)
+        return step_record(step, out, skipped, time.perf_counter() - t0, clock)
+
+
+def step_record(
+    step: int, out: GuidedLoss, skipped: str | None, seconds: float, clock: PhaseClock | None
+) -> dict[str, Any]:
+    """A step's history record (see :class:`Stage2Result`), with the phase seconds when timed."""
+    record = {
+        "step": step,
+        "clip_score": out.score,
+        "loss": float(out.total.detach()),
+        "loss_clip": float(out.loss_clip.detach()),
+        "loss_bg": float(out.loss_bg.detach()),
+        "seconds": seconds,
+        "evaluations_per_pixel": out.rendered.evaluations / out.rendered.rgb[:, 0].numel(),
+        "skipped": skipped,
+    }
+    if clock is not None:
+        record.update({f"{name}_s": value for name, value in clock.seconds.items()})
+    return record
+
+
 def run_stage2(
     mapper: Mapper,
     decoder: torch.nn.Module,
@@ -440,64 +558,50 @@ def run_stage2(
     device = next(mapper.parameters()).device
     renderer = renderer or Renderer(cfg.march)
     decoder.eval().requires_grad_(False)
-    f_text = guide.prompt_feature.detach().float().cpu().reshape(1, -1)
-    f_in = f_text
-    if perturb:
-        f_in = perturb_feature(f_text, cfg.diversity.tau_1, generator)
-        guide.perturb_targets(cfg.diversity.tau_2, generator)
-    f_in = f_in.to(device)
+    f_in = stage2_input(guide, cfg.diversity, generator, perturb).to(device)
     tuned = copy.deepcopy(mapper).train().requires_grad_(True)
     with torch.no_grad():
         latent_before = mapper(f_in).detach()
     augment = make_augmenter(cfg.guidance.augment, generator, device)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    history: list[dict[str, Any]] = []
     clock = PhaseClock(device) if phases else None
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    loop = Stage2Loop(
+        cfg,
+        tuned,
+        f_in,
+        decoder,
+        guide,
+        renderer,
+        augment,
+        optimizer,
+        generator,
+        clock,
+        BestMapper(),
+    )
+    history: list[dict[str, Any]] = []
     start = time.perf_counter()
     for step in range(cfg.steps):
-        t0 = time.perf_counter()
-        if clock is not None:
-            clock.start()
-        lap = clock.lap if clock is not None else None
-        views = sample_views(cfg.cameras, cfg.views, generator)
-        c = tuned(f_in)
-        out = guided_loss(
-            renderer,
-            decoder,
-            c,
-            views,
-            guide,
-            augment,
-            cfg.guidance,
-            cfg.resolution,
-            cfg.march.padding,
-            cfg.pixel_convention,
-            lap=lap,
-        )
-        skipped = skip_reason(out.total, out.score)
-        candidate = skipped is None and bool(out.rendered.foreground.any())
-        if cfg.keep == "best" and candidate and (best is None or out.score > best[0]):
-            # the mapper that made these renders, before this step's update
-            best = (out.score, step, {k: v.clone() for k, v in tuned.state_dict().items()})
-        skipped = guarded_step(optimizer, out.total, skipped, lap)
-        record = {
-            "step": step,
-            "clip_score": out.score,
-            "loss": float(out.total.detach()),
-            "loss_clip": float(out.loss_clip.detach()),
-            "loss_bg": float(out.loss_bg.detach()),
-            "seconds": time.perf_counter() - t0,
-            "evaluations_per_pixel": out.rendered.evaluations / out.rendered.rgb[:, 0].numel(),
-            "skipped": skipped,
-        }
-        if clock is not None:
-            record.update({f"{name}_s": value for name, value in clock.seconds.items()})
+        record = loop.step(step)
         history.append(record)
         if callback is not None:
             callback(record)
-    if best is not None:
-        tuned.load_state_dict(best[2])
+    return finish_stage2(mapper, loop, history, latent_before, perturb, start)
+
+
+def finish_stage2(
+    mapper: Mapper,
+    loop: Stage2Loop,
+    history: list[dict[str, Any]],
+    latent_before: torch.Tensor,
+    perturb: bool,
+    start: float,
+) -> Stage2Result:
+    """The result of a finished loop: the kept mapper (the best-scored one with ``keep: best``,
+    else the last), frozen in eval mode, its latent, and the warnings (skipped steps; "stage 2
+    left the shape unchanged" when it equals the stage-1 ``mapper``). ``start``: the loop's
+    ``time.perf_counter()`` at its start."""
+    tuned, f_in = loop.tuned, loop.f_in
+    loop.best.restore(tuned)
     tuned.eval().requires_grad_(False)
     with torch.no_grad():
         latent_after = tuned(f_in).detach()
@@ -512,6 +616,6 @@ def run_stage2(
         history=history,
         perturbed=perturb,
         seconds=time.perf_counter() - start,
-        kept_step=None if best is None else best[1],
+        kept_step=loop.best.step,
         warnings=warnings,
     )

@@ -57,6 +57,7 @@ from iss3d.infer.session import device_info, versions, warn, warning_suffix
 from iss3d.infer.shape_files import LATENT_FILE, ExportConfig, load_latent
 from iss3d.infer.view_sampling import CameraConfig
 from iss3d.models.decoder import BranchedDecoder, Decoder, split_branches
+from iss3d.models.losses import prior_loss
 from iss3d.models.march import ImplicitField, MarchConfig, occupancy_in_chunks
 from iss3d.models.renderer import Renderer
 
@@ -69,7 +70,6 @@ __all__ = [
     "default_style_out",
     "load_stylize_config",
     "occupancy_lattice",
-    "prior_loss",
     "run_stylize",
     "shape_iou",
     "stylize",
@@ -243,26 +243,6 @@ def _prior_points(
         jitter = (torch.rand(n_near, 3, generator=generator) * 2 - 1) * cell
         parts.insert(0, surface.cpu()[index] + jitter)
     return torch.cat(parts).to(device)[None]
-
-
-def prior_loss(
-    tuned: ImplicitField,
-    initial: ImplicitField,
-    c: torch.Tensor,
-    points: torch.Tensor,
-    target: str = "logits",
-) -> torch.Tensor:
-    """L_P = mean over ``points`` (1, N, 3) of |D_o(p) - D'_o(p)|, D_o the tuned decoder's
-    occupancy and D'_o the initial one's (no gradient), as logits or probabilities
-    (``target``). Returns a scalar."""
-    with torch.no_grad():
-        reference = initial.occupancy(points, c)
-    current = tuned.occupancy(points, c)
-    if target == "probabilities":
-        current, reference = torch.sigmoid(current), torch.sigmoid(reference)
-    elif target != "logits":
-        raise ValueError(f"unknown prior target {target!r}")
-    return (current - reference).abs().mean()
 
 
 # -- the loop -------------------------------------------------------------------------------------

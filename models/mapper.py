@@ -31,7 +31,6 @@ from iss3d.core.errors import UserError
 __all__ = [
     "Mapper",
     "MapperConfig",
-    "mapper_loss",
     "noisy_input",
     "perturb_feature",
     "unit_gaussian",
@@ -185,26 +184,6 @@ class MapperConfig:
         if cfg.widths() != list(widths):
             raise UserError(f"mapper config: cannot express layer widths {widths}")
         return cfg
-
-
-def mapper_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """Stage 1's L_M between mapped features and shape latents.
-
-    Args:
-        pred: (B, D) M(f_I); target: (B, D) E_S(I).
-        kind: "l2": mean over objects of the squared L2 distance ||pred - target||^2 (the
-            paper); "l1": mean |pred - target| over objects and channels (the official code,
-            which weights it by 2000).
-
-    Returns:
-        A scalar.
-    """
-    diff = pred - target
-    if kind == "l2":
-        return diff.pow(2).sum(-1).mean()
-    if kind == "l1":
-        return diff.abs().mean()
-    raise ValueError(f"mapper loss kind must be 'l2' or 'l1', got {kind!r}")
 
 
 def unit_gaussian(

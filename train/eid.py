@@ -12,7 +12,7 @@ and of D(f_T) for each object's first caption (``val/iou_text``).
 
 Checkpoints (``checkpoints/last.ckpt``): ``state_dict`` with ``decoder.*``; hyper-parameters
 ``kind: ei-d``, ``config``, ``clip_spec``, ``clip_embed_dim`` (read by
-:func:`iss3d.infer.methods.load_eid`).
+:func:`iss3d.models.loaders.load_eid`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from iss3d.core.config import StrictConfig
 from iss3d.core.errors import UserError
 from iss3d.models.decoder import DecoderConfig
 from iss3d.models.loaders import ArchitectureCard
+from iss3d.models.losses import background_ray_loss
 from iss3d.models.metrics import occupancy_iou
 from iss3d.train.datamodule import DataConfig
 from iss3d.train.runs import RunConfig, TrainerConfig
@@ -115,8 +116,6 @@ class EIDSystem(DataSystem):
         return model
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        from iss3d.train.stage1 import background_ray_loss
-
         lc = self.cfg.loss
         march_cfg = self.cfg.march.march_config(self.global_step)
         with torch.no_grad():

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from iss3d.core.errors import UserError
 from iss3d.data.datasets import ViewDataset
 from iss3d.data.reader import MultiViewFile
-from iss3d.models.mapper import mapper_loss
+from iss3d.models.losses import mapper_loss
 
 __all__ = [
     "MapperPrefitConfig",
@@ -121,7 +121,7 @@ def prefit_mapper(
         mapper: M, trained in place.
         f: (N, D) CLIP image features; c: (N, c_dim) SVR latents.
         cfg: epochs, batch size, learning rate.
-        loss_kind: stage 1's L_M ("l2" or "l1", :func:`iss3d.models.mapper.mapper_loss`).
+        loss_kind: stage 1's L_M ("l2" or "l1", :func:`iss3d.models.losses.mapper_loss`).
         mapper_input: f -> M's input (stage 1's noise mixing, or the identity).
         seed: seed of the shuffling.
 

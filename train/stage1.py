@@ -17,7 +17,7 @@ each, n sampled pixels per view; the input image I is view 0 of each object):
 3. The DVR losses of :func:`iss3d.train.svr.svr_losses` on D conditioned on c (``loss_rgb``, ...).
 4. ``loss_bg``: the sampled rays the prediction misses (in the march of step 3) show the
    decoder's colour where the ray leaves the padded cube (the renderer's ``"field"``
-   background); mean |1 - rgb| over them (:func:`iss3d.models.losses.background_loss`).
+   background); mean |1 - rgb| over them (:func:`iss3d.models.losses.background_ray_loss`).
 5. total = sum of lambda_<name> * loss_<name>. c carries no graph, so L_D and L_bg reach D only
    and L_M reaches M only; one Adam with two parameter groups (M, D), as the official code.
 
@@ -51,12 +51,12 @@ import torch.nn.functional as F
 
 from iss3d.core.config import StrictConfig
 from iss3d.core.errors import UserError
-from iss3d.models import losses as L
 from iss3d.models.loaders import ArchitectureCard
-from iss3d.models.mapper import MapperConfig, mapper_loss, perturb_feature
+from iss3d.models.losses import background_ray_loss, mapper_loss
+from iss3d.models.mapper import MapperConfig, perturb_feature
 from iss3d.models.march import MarchConfig
 from iss3d.models.metrics import occupancy_iou
-from iss3d.models.renderer import RayHits, Renderer
+from iss3d.models.renderer import Renderer
 from iss3d.train.datamodule import DataConfig
 from iss3d.train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
 from iss3d.train.runs import RunConfig, TrainerConfig
@@ -77,7 +77,6 @@ __all__ = [
     "Stage1LossConfig",
     "Stage1OptimConfig",
     "Stage1System",
-    "background_ray_loss",
     "fit_stage1",
 ]
 
@@ -163,33 +162,6 @@ class Stage1Config(StrictConfig):
 
     def __post_init__(self) -> None:
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "stage1 config")
-
-
-# -- losses -------------------------------------------------------------------------------------
-
-
-def background_ray_loss(
-    decoder, c: torch.Tensor, hits: RayHits
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ISS's L_bg on marched rays, with the renderer's decoder-drawn ("field") background.
-
-    Rays that neither hit a surface nor start inside show the decoder's colour at the point
-    where they leave the padded cube (``hits.points`` there), which is pushed towards white:
-    mean |1 - rgb| over those rays.
-
-    Args:
-        decoder: an implicit field (``occupancy``, ``rgb``).
-        c: (B, c_dim) latents.
-        hits: the march of (B, R) rays (e.g. the third result of
-            :func:`iss3d.train.svr.svr_losses`).
-
-    Returns:
-        (loss, background share): the scalar loss (0 when no ray misses; a graph to the
-        decoder's colour and to ``c``) and the share of background rays.
-    """
-    background = ~hits.mask
-    rgb = decoder.rgb(hits.points.detach(), c)
-    return L.background_loss(rgb, background), background.float().mean()
 
 
 # -- the Lightning system -------------------------------------------------------------------------

@@ -45,4 +45,3 @@ def test_generator_gives_the_files_of_the_command(stage1, tmp_path, monkeypatch)
     assert shape.scores["after"] == rb["results"][0]["clip_score_after"]
     assert len(shape.scores["per_step"]) == 2
     assert not torch.equal(other.latent, shape.latent)
-

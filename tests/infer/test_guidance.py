@@ -16,13 +16,12 @@ from iss3d.infer.guidance import (
     Guide,
     PromptSchedule,
     RandomPerspective,
-    clip_loss,
     image_embeddings,
     view_label,
-    view_losses,
 )
 from iss3d.infer.stage2 import Stage2Config
 from iss3d.models.clip import load_clip
+from iss3d.models.losses import clip_loss, view_losses
 
 CLIP = "clip/tiny-64"
 

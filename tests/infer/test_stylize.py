@@ -21,13 +21,13 @@ from iss3d.infer.stylize import (
     StylizeConfig,
     load_stylize_config,
     occupancy_lattice,
-    prior_loss,
     run_stylize,
     shape_iou,
 )
 from iss3d.models.clip import load_clip
 from iss3d.models.decoder import BranchedDecoder, split_branches
 from iss3d.models.loaders import load_stage1
+from iss3d.models.losses import prior_loss
 from iss3d.models.mesh import MeshConfig, extract_mesh
 from tests.fixtures.cli import error_line
 from tests.fixtures.nonfinite import counted_optimizer_steps, poison_renders, strict_json

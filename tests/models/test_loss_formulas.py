@@ -20,7 +20,7 @@ DESIGN.md section 1 and the reference code:
   per view L_bg = mean |1 - rgb| over that view's background pixels, reduced like L_C; total
   lambda_clip L_C + lambda_bg L_bg (official 4 and 3).
 - Stylization: L_P compares the tuned and frozen initial occupancy D_o, D'_o at points p.
-  DESIGN.md writes sum_p |D_o(p) - D'_o(p)|; :func:`iss3d.infer.stylize.prior_loss` and its
+  DESIGN.md writes sum_p |D_o(p) - D'_o(p)|; :func:`iss3d.models.losses.prior_loss` and its
   docstring define the mean over p, as the official shape+texture code does
   (``torch.mean(torch.abs(logits - logits_std)) * 100``): the mean is pinned here (the factor
   N, points per step, is folded into ``lambda_prior``).
@@ -37,22 +37,22 @@ from torch import nn
 
 from iss3d.core.config import load_config
 from iss3d.data.cameras import intrinsics, look_at
-from iss3d.infer.guidance import (
-    AugmentConfig,
-    Augmenter,
-    GuidanceConfig,
+from iss3d.infer.guidance import AugmentConfig, Augmenter, GuidanceConfig
+from iss3d.infer.stage2 import guided_loss
+from iss3d.infer.view_sampling import fixed_views
+from iss3d.models import losses as L
+from iss3d.models.losses import (
+    background_ray_loss,
     clip_loss,
+    mapper_loss,
+    prior_loss,
     reduce_views,
     view_losses,
 )
-from iss3d.infer.stage2 import guided_loss
-from iss3d.infer.stylize import prior_loss
-from iss3d.infer.view_sampling import fixed_views
-from iss3d.models import losses as L
-from iss3d.models.mapper import mapper_loss, perturb_feature
+from iss3d.models.mapper import perturb_feature
 from iss3d.models.march import MarchConfig
 from iss3d.models.renderer import RayHits, Renderer
-from iss3d.train.stage1 import Stage1Config, Stage1LossConfig, Stage1System, background_ray_loss
+from iss3d.train.stage1 import Stage1Config, Stage1LossConfig, Stage1System
 from iss3d.train.svr import SVRConfig, SVRLossConfig, svr_losses, weighted_total
 from tests.models.test_renderer import SphereField
 
@@ -262,7 +262,7 @@ def test_svr_losses_on_a_sphere_are_unweighted_and_use_dvrs_masks():
     approx(losses["loss_occupancy"], softplus(-10.0 * (0.3 - radius)) / 2, tol=1e-5)
 
 
-# -- ISS stage 1 (models/mapper.py, train/stage1.py) ----------------------------------------------
+# -- ISS stage 1 (models/losses.py, train/stage1.py) ----------------------------------------------
 
 
 def test_mapper_loss_l2_and_l1():
@@ -346,7 +346,7 @@ def test_stage1_background_ray_loss_is_mean_over_rays_that_neither_hit_nor_start
     approx(share, 3 / 6)
 
 
-# -- ISS stage 2 (infer/guidance.py, infer/stage2.py) ---------------------------------------------
+# -- ISS stage 2 (models/losses.py, infer/stage2.py) ----------------------------------------------
 
 
 def test_view_losses_cosine_and_inner():

@@ -20,10 +20,11 @@ from iss3d.infer.cli import main
 from iss3d.models.clip import load_clip
 from iss3d.models.decoder import Decoder
 from iss3d.models.loaders import ArchitectureCard, load_stage1, load_svr
+from iss3d.models.losses import background_ray_loss
 from iss3d.models.march import MarchConfig
 from iss3d.models.renderer import Renderer, trace_surface
 from iss3d.train.datamodule import MultiViewDataModule
-from iss3d.train.stage1 import Stage1Config, Stage1System, background_ray_loss
+from iss3d.train.stage1 import Stage1Config, Stage1System
 from iss3d.train.svr import ray_batch
 from tests.fixtures.cli import error_line, metrics_rows
 from tests.fixtures.nonfinite import strict_json
