@@ -4,7 +4,7 @@ Every "a {colour} {category}" prompt of the synthetic world (11 colours x 11 cat
 is rendered through the shipped stage-1 decoder at two latents: the mapper's output before
 stage 2 (M(f_T), what stage 2 renders first) and after :data:`STAGE2_STEPS` steps of the tiny
 preset's stage 2 (grid march, ``keep: last``, seed 0). Both marchers see the same rays from
-three camera sets:
+two camera sets (three with ``--paper``):
 
 - ``stage2``: one draw of ``configs/generate/tiny.yaml``'s stage-2 cameras and march (4 views
   at 48 px as one batch element, 64 samples, grid 32);
@@ -20,8 +20,8 @@ the largest depth difference on common hits, decoder evaluations per ray of each
 The targets: every grid hit finite, every ray classified as the reference does, depth within
 1e-4 of the reference.
 
-Run: ``python -m bench.bench_march [--quick]`` (or through ``python -m bench.run``); about an
-hour on 2 CPU cores (``--quick``: 3 prompts, 1 view per set, no stage 2).
+Run: ``python -m bench.bench_march [--quick] [--paper]`` (or through ``python -m bench.run``);
+progress on stderr, one line per latent. ``--quick``: 3 prompts, 1 view per set, no stage 2.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from bench.bench_stage2 import make_guide
 from bench.common import target, write_result
 from iss3d.data.cameras import pixel_coords, rays
 from iss3d.data.synth.world import CATEGORIES, COLORS
-from iss3d.infer.evaluate import load_evaluate_config
-from iss3d.infer.generate import load_generate_config, resolve_models
+from iss3d.infer.evaluation.run import load_evaluate_config
+from iss3d.infer.generator import load_generate_config
+from iss3d.infer.session import resolve_models
 from iss3d.infer.stage2 import run_stage2
 from iss3d.infer.view_sampling import Views, fixed_views, sample_views
 from iss3d.models.grid_march import grid_march
@@ -78,8 +79,9 @@ def view_rays(views: Views, resolution: int, one_batch: bool) -> list:
     return [(o[i : i + 1], d[i : i + 1]) for i in range(len(views))]
 
 
-def camera_sets(quick: bool) -> list[CameraSet]:
-    """The stage-2, evaluation and paper camera sets (one camera draw each, seed 0)."""
+def camera_sets(quick: bool, paper: bool = False) -> list[CameraSet]:
+    """The stage-2 and evaluation camera sets, and with ``paper`` the paper preset's (one
+    camera draw each, seed 0)."""
     tiny = load_generate_config("tiny").stage2
     paper = load_generate_config("paper").stage2
     ev = load_evaluate_config("tiny")
@@ -89,19 +91,18 @@ def camera_sets(quick: bool) -> list[CameraSet]:
         n_eval, ev.render.elevation, ev.stage2.cameras.mean_distance, ev.stage2.cameras.focal
     )
     eval_march = dataclasses.replace(ev.stage2.march, n_steps=ev.render.march_steps)
-    return [
+    sets = [
         CameraSet(
             "stage2",
             view_rays(sample_views(tiny.cameras, n_tiny, g), tiny.resolution, True),
             tiny.march,
         ),
         CameraSet("eval", view_rays(eval_views, ev.render.resolution, False), eval_march),
-        CameraSet(
-            "paper",
-            view_rays(sample_views(paper.cameras, n_paper, g), paper.resolution, True),
-            paper.march,
-        ),
     ]
+    if paper:
+        views = sample_views(paper.cameras, n_paper, g)
+        sets.append(CameraSet("paper", view_rays(views, paper.resolution, True), paper.march))
+    return sets
 
 
 def compare(decoder, c: torch.Tensor, cameras: CameraSet) -> dict[str, float]:
@@ -147,7 +148,7 @@ def prompt_latents(
     return out
 
 
-def main(quick: bool = False) -> dict:
+def main(quick: bool = False, paper: bool = False) -> dict:
     torch.manual_seed(0)
     device = torch.device("cpu")
     model, _, clip, clip_spec = resolve_models(None, None, device)
@@ -158,7 +159,8 @@ def main(quick: bool = False) -> dict:
     figures: dict[str, float] = {}
     targets: dict[str, dict] = {}
     worst: dict[str, list] = {}
-    for cameras in camera_sets(quick):
+    for cameras in camera_sets(quick, paper):
+        set_start = time.perf_counter()
         totals: dict[str, float] = {}
         lowest_agreement, depth_error = 1.0, 0.0
         differing_latents = []
@@ -196,6 +198,7 @@ def main(quick: bool = False) -> dict:
         )
         targets[f"{k}_max_depth_error"] = target(depth_error, 1e-4, "<=")
         worst[k] = differing_latents
+        figures[f"{k}_seconds"] = time.perf_counter() - set_start
     figures["seconds"] = time.perf_counter() - start
     config = {
         "prompts": len(prompts) if not quick else prompts,
@@ -208,7 +211,7 @@ def main(quick: bool = False) -> dict:
                 "rays_per_batch": cs.batches[0][0].shape[1],
                 "march": dataclasses.asdict(cs.march),
             }
-            for cs in camera_sets(quick)
+            for cs in camera_sets(quick, paper)
         },
         "latents_with_differing_rays": worst,
     }
@@ -226,4 +229,6 @@ def main(quick: bool = False) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    main(parser.parse_args().quick)
+    parser.add_argument("--paper", action="store_true", help="also the paper preset's cameras")
+    args = parser.parse_args()
+    main(args.quick, args.paper)

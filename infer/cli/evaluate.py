@@ -1,4 +1,4 @@
-"""``iss3d evaluate``: the argument parser (light to import; the work is in infer/evaluate.py)."""
+"""``iss3d evaluate``: the argument parser (light to import; the work: infer/evaluation/run.py)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from iss3d.infer.evaluate import EvaluateOptions, evaluate
+    from iss3d.infer.evaluation.run import EvaluateOptions, evaluate
 
     return evaluate(
         EvaluateOptions(

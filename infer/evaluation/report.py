@@ -24,13 +24,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from iss3d.core.atomic import atomic_output, json_ready, json_text
-from iss3d.infer import eval_metrics as em
+from iss3d.infer.evaluation import metrics as em
+from iss3d.infer.evaluation.items import load_item, plan_items
+from iss3d.infer.evaluation.methods import METHODS
 
 __all__ = ["METRICS", "bar_chart", "compute_results", "gallery", "ordering_lines", "write_report"]
 
@@ -113,51 +117,52 @@ class _Reference:
 # -- metrics ------------------------------------------------------------------------------------
 
 
-def compute_results(p, items: list) -> dict[str, Any]:
-    """Every metric of every method from the item files (see the module docstring).
+@dataclass
+class _Baseline:
+    """The reference side of every method's metrics (None where a metric is not computed)."""
 
-    Args:
-        p: :class:`iss3d.infer.evaluate.Prepared`; items: every :class:`iss3d.infer.evaluate.Item`.
+    ref: _Reference
+    fid: torch.Tensor | None  # features of the reference views
+    fpd: torch.Tensor | None  # PointNet features of the reference clouds
+    candidates: dict[str, list[int]] | None  # ground-truth objects of each prompt, for IoU
+    colours: bool  # whether the reference records object colours (colour accuracy)
 
-    Returns:
-        The content of results.json.
-    """
-    import torch
 
-    from iss3d.data.synth.world import COLORS
-    from iss3d.infer.evaluate import load_item
+def _fid_reference(p, ref: _Reference) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """(features of the reference views, metrics_info["fid"])."""
+    if p.fid_network is None:
+        return None, {"skipped": p.fid_reason}
+    images = ref.images()
+    features = em.image_features(p.fid_network, images, p.cfg.batch)
+    return features, {
+        "network": p.fid_network.name,
+        "paper_comparable": p.fid_network.paper_comparable,
+        "reference_images": len(images),
+    }
 
-    cfg, o = p.cfg, p.options
-    ref = _Reference(p.reference, cfg.reference)
-    records = {it: load_item(o.out / it.relpath) for it in items}
+
+def _fpd_reference(p, ref: _Reference) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """(PointNet features of the reference clouds, metrics_info["fpd"])."""
+    if p.pointnet is None or p.pointnet_reason is not None:
+        return None, {"skipped": p.pointnet_reason}
+    cfg = p.cfg
+    clouds = ref.clouds(cfg.shape.points, p.options.seed)
+    features = em.pointnet_features(p.pointnet, clouds, cfg.batch)
+    return features, {
+        "pointnet": p.pointnet_info.source,
+        "k": p.pointnet_info.k,
+        "feature_dim": p.pointnet.feature_dim,
+        "points": cfg.shape.points,
+        "reference_clouds": len(clouds),
+    }
+
+
+def _baseline(p, ref: _Reference) -> tuple[_Baseline, dict[str, Any]]:
+    """(the reference side of the metrics, results.json's ``metrics_info``)."""
+    o = p.options
     info: dict[str, Any] = {}
-
-    # FID reference
-    ref_fid = None
-    if p.fid_network is not None:
-        images = ref.images()
-        ref_fid = em.image_features(p.fid_network, images, cfg.batch)
-        info["fid"] = {
-            "network": p.fid_network.name,
-            "paper_comparable": p.fid_network.paper_comparable,
-            "reference_images": len(images),
-        }
-    else:
-        info["fid"] = {"skipped": p.fid_reason}
-    # FPD reference
-    ref_fpd = None
-    if p.pointnet is not None and p.pointnet_reason is None:
-        clouds = ref.clouds(cfg.shape.points, o.seed)
-        ref_fpd = em.pointnet_features(p.pointnet, clouds, cfg.batch)
-        info["fpd"] = {
-            "pointnet": p.pointnet_info.source,
-            "k": p.pointnet_info.k,
-            "feature_dim": p.pointnet.feature_dim,
-            "points": cfg.shape.points,
-            "reference_clouds": len(clouds),
-        }
-    else:
-        info["fpd"] = {"skipped": p.pointnet_reason}
+    ref_fid, info["fid"] = _fid_reference(p, ref)
+    ref_fpd, info["fpd"] = _fpd_reference(p, ref)
     if p.judge is not None:
         info["r_precision"] = {
             "judge": p.judge.spec,
@@ -178,101 +183,150 @@ def compute_results(p, items: list) -> dict[str, Any]:
         if has_colour
         else {"skipped": f"{o.ref_data} records no object colours (not the synthetic world)"}
     )
-    candidates = {t: ref.candidates(t) for t in p.texts} if has_occ else {}
+    candidates = {t: ref.candidates(t) for t in p.texts} if has_occ else None
+    return _Baseline(ref, ref_fid, ref_fpd, candidates, has_colour), info
 
+
+def _item_entries(name: str, its: list, recs: list) -> list[dict[str, Any]]:
+    """The per-item rows of results.json (the metrics below add their columns)."""
+    return [
+        {
+            "method": name,
+            "prompt": it.prompt,
+            "sample": it.sample,
+            "empty": bool(meta["empty"]),
+            "seconds": float(meta["generate_s"]),
+            "guidance_clip_score": (
+                meta["clip_score_per_step"][-1] if meta["clip_score_per_step"] else None
+            ),
+            "warnings": meta.get("warnings", []),  # item files of older versions lack them
+            "file": it.relpath,
+        }
+        for it, (_, meta) in zip(its, recs, strict=True)
+    ]
+
+
+def _fid_fields(p, ref_fid: torch.Tensor | None, recs: list) -> dict[str, Any]:
+    """FID of one method's renders (every view of every shape)."""
+    if ref_fid is None:
+        return {"fid": None}
+    frames = [f for arrays, _ in recs for f in arrays["renders"]]
+    if len(frames) < 2:
+        return {"fid": None}
+    fake = em.image_features(p.fid_network, frames, p.cfg.batch)
+    return {"fid": em.frechet_distance(ref_fid, fake)}
+
+
+def _fpd_fields(p, ref_fpd: torch.Tensor | None, recs: list) -> dict[str, Any]:
+    """FPD of one method's surface clouds (non-empty shapes), and how many there are."""
+    if ref_fpd is None:
+        return {"fpd": None}
+    cfg = p.cfg
+    rng = np.random.default_rng(p.options.seed)
+    clouds = [
+        em.sample_cloud(a["points"], cfg.shape.points, rng) for a, meta in recs if not meta["empty"]
+    ]
+    fpd = None
+    if len(clouds) >= 2:
+        fpd = em.frechet_distance(
+            ref_fpd, em.pointnet_features(p.pointnet, np.stack(clouds), cfg.batch)
+        )
+    return {"fpd": fpd, "fpd_shapes": len(clouds)}
+
+
+def _r_precision_fields(p, its: list, recs: list, entries: list[dict]) -> dict[str, Any]:
+    """R@1, R@5, mean rank and judge score of one method; each entry gets its rank and
+    judge score."""
+    fields: dict[str, Any] = dict.fromkeys(("r_at_1", "r_at_5", "mean_rank", "judge_score"))
+    if p.judge is None:
+        return fields
+    scores = em.judge_scores(p.judge, [a["renders"] for a, _ in recs], p.texts, p.cfg.batch)
+    truth = [it.prompt_index for it in its]
+    rp = em.r_precision(scores, truth)
+    own = scores[torch.arange(len(truth)), torch.tensor(truth)]
+    fields.update({k: rp[k] for k in ("r_at_1", "r_at_5", "mean_rank")})
+    fields["judge_score"] = float(own.mean())
+    for e, rank, s in zip(entries, rp["ranks"], own.tolist(), strict=True):
+        e["rank"], e["judge_score"] = rank, float(s)
+    return fields
+
+
+def _iou_fields(base: _Baseline, its: list, recs: list, entries: list[dict]) -> dict[str, Any]:
+    """Mean best IoU with a ground-truth object of the prompt; each entry gets its IoU (None
+    without ground truth)."""
+    if base.candidates is None:
+        return {"iou": None}
+    ious = []
+    for it, (arrays, meta), e in zip(its, recs, entries, strict=True):
+        objs = base.candidates[it.prompt]
+        if not objs:
+            e["iou"] = None
+            continue
+        best = max(
+            em.occupancy_iou_at(arrays["grid"], meta["half"], *base.ref.occupancy(obj))
+            for obj in objs
+        )
+        e["iou"] = best
+        ious.append(best)
+    return {"iou": float(np.mean(ious)) if ious else None, "iou_shapes": len(ious)}
+
+
+def _colour_fields(base: _Baseline, its: list, recs: list, entries: list[dict]) -> dict[str, Any]:
+    """Share of shapes (of prompts that name a colour) whose dominant colour is the prompt's;
+    each such entry gets its colour and whether it is right."""
+    from iss3d.data.synth.world import COLORS
+
+    if not base.colours:
+        return {"color_acc": None}
+    hits = []
+    for it, (arrays, _), e in zip(its, recs, entries, strict=True):
+        _, colour = em.parse_prompt(it.prompt, [], list(COLORS))
+        if colour is None:
+            continue
+        pred, _ = em.dominant_color(arrays["colors"], COLORS)
+        e["color"], e["color_ok"] = pred, pred == colour
+        hits.append(pred == colour)
+    return {"color_acc": float(np.mean(hits)) if hits else None, "color_shapes": len(hits)}
+
+
+def _method_results(
+    p, base: _Baseline, name: str, its: list, recs: list
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(results.json's row of one method, its per-item entries)."""
+    row: dict[str, Any] = {"title": METHODS[name].title, "status": "ok", "items": len(its)}
+    entries = _item_entries(name, its, recs)
+    row["empty_rate"] = float(np.mean([e["empty"] for e in entries]))
+    row["seconds"] = float(np.mean([e["seconds"] for e in entries]))
+    row.update(_fid_fields(p, base.fid, recs))
+    row.update(_fpd_fields(p, base.fpd, recs))
+    row.update(_r_precision_fields(p, its, recs, entries))
+    row.update(_iou_fields(base, its, recs, entries))
+    row.update(_colour_fields(base, its, recs, entries))
+    return row, entries
+
+
+def compute_results(p, items: list) -> dict[str, Any]:
+    """Every metric of every method from the item files (see the module docstring).
+
+    Args:
+        p: :class:`iss3d.infer.evaluation.run.Prepared`; items: every
+            :class:`iss3d.infer.evaluation.items.Item`.
+
+    Returns:
+        The content of results.json.
+    """
+    cfg, o = p.cfg, p.options
+    ref = _Reference(p.reference, cfg.reference)
+    records = {it: load_item(o.out / it.relpath) for it in items}
+    base, info = _baseline(p, ref)
     methods: dict[str, Any] = {}
     per_item: list[dict[str, Any]] = []
     for name in p.methods:
-        from iss3d.infer.methods import METHODS
-
         its = [it for it in items if it.method == name]
-        recs = [records[it] for it in its]
-        row: dict[str, Any] = {"title": METHODS[name].title, "status": "ok", "items": len(its)}
-        entries = [
-            {
-                "method": name,
-                "prompt": it.prompt,
-                "sample": it.sample,
-                "empty": bool(meta["empty"]),
-                "seconds": float(meta["generate_s"]),
-                "guidance_clip_score": (
-                    meta["clip_score_per_step"][-1] if meta["clip_score_per_step"] else None
-                ),
-                "warnings": meta.get("warnings", []),  # item files of older versions lack them
-                "file": it.relpath,
-            }
-            for it, (_, meta) in zip(its, recs, strict=True)
-        ]
-        row["empty_rate"] = float(np.mean([e["empty"] for e in entries]))
-        row["seconds"] = float(np.mean([e["seconds"] for e in entries]))
-        # FID
-        row["fid"] = None
-        if ref_fid is not None:
-            frames = [f for arrays, _ in recs for f in arrays["renders"]]
-            if len(frames) >= 2:
-                fake = em.image_features(p.fid_network, frames, cfg.batch)
-                row["fid"] = em.frechet_distance(ref_fid, fake)
-        # FPD
-        row["fpd"] = None
-        if ref_fpd is not None:
-            rng = np.random.default_rng(o.seed)
-            clouds = [
-                em.sample_cloud(a["points"], cfg.shape.points, rng)
-                for a, meta in recs
-                if not meta["empty"]
-            ]
-            if len(clouds) >= 2:
-                row["fpd"] = em.frechet_distance(
-                    ref_fpd, em.pointnet_features(p.pointnet, np.stack(clouds), cfg.batch)
-                )
-            row["fpd_shapes"] = len(clouds)
-        # R-precision
-        for key in ("r_at_1", "r_at_5", "mean_rank", "judge_score"):
-            row[key] = None
-        if p.judge is not None:
-            scores = em.judge_scores(p.judge, [a["renders"] for a, _ in recs], p.texts, cfg.batch)
-            truth = [it.prompt_index for it in its]
-            rp = em.r_precision(scores, truth)
-            own = scores[torch.arange(len(truth)), torch.tensor(truth)]
-            row.update({k: rp[k] for k in ("r_at_1", "r_at_5", "mean_rank")})
-            row["judge_score"] = float(own.mean())
-            for e, rank, s in zip(entries, rp["ranks"], own.tolist(), strict=True):
-                e["rank"], e["judge_score"] = rank, float(s)
-        # IoU
-        row["iou"] = None
-        if has_occ:
-            ious = []
-            for it, (arrays, meta), e in zip(its, recs, entries, strict=True):
-                objs = candidates[it.prompt]
-                if not objs:
-                    e["iou"] = None
-                    continue
-                best = max(
-                    em.occupancy_iou_at(arrays["grid"], meta["half"], *ref.occupancy(obj))
-                    for obj in objs
-                )
-                e["iou"] = best
-                ious.append(best)
-            row["iou"] = float(np.mean(ious)) if ious else None
-            row["iou_shapes"] = len(ious)
-        # colour
-        row["color_acc"] = None
-        if has_colour:
-            hits = []
-            for it, (arrays, _), e in zip(its, recs, entries, strict=True):
-                _, colour = em.parse_prompt(it.prompt, [], list(COLORS))
-                if colour is None:
-                    continue
-                pred, _ = em.dominant_color(arrays["colors"], COLORS)
-                e["color"], e["color_ok"] = pred, pred == colour
-                hits.append(pred == colour)
-            row["color_acc"] = float(np.mean(hits)) if hits else None
-            row["color_shapes"] = len(hits)
+        row, entries = _method_results(p, base, name, its, [records[it] for it in its])
         methods[name] = json_ready(row)
         per_item.extend(entries)
     for name, reason in p.skipped.items():
-        from iss3d.infer.methods import METHODS
-
         methods[name] = {"title": METHODS[name].title, "status": "skipped", "reason": reason}
     return {
         "texts": str(o.texts),
@@ -451,7 +505,6 @@ def gallery(p, items: list, cell: int = 96):
     from PIL import Image
 
     from iss3d.data.images import labelled_grid
-    from iss3d.infer.evaluate import load_item
 
     index = {(it.method, it.prompt_index): it for it in items if it.sample == 0}
     rows = []
@@ -471,8 +524,6 @@ def _save_png(image, path: Path) -> None:
 
 def write_report(out: Path, results: dict[str, Any], p) -> list[Path]:
     """Write results.json, results.csv, report.md and plots/ (each file atomically)."""
-    from iss3d.infer.evaluate import plan_items
-
     written = []
     for name, text in (
         ("results.json", json_text(results, indent=2, ensure_ascii=False) + "\n"),

@@ -7,13 +7,14 @@ The run, in order:
    models, the judge CLIP (which must not be a guidance model) and the metric networks. A
    mistake is one UserError line with nothing written.
 2. Generate the items (:func:`generate_items`): each (method, prompt, sample) is produced by
-   :mod:`iss3d.infer.methods`, rendered from a fixed camera set (:func:`describe_shape`) and saved
-   as its own small ``.npz`` (renders, coloured surface points, an occupancy lattice, facts)
-   under ``OUT/items/``, written atomically. Finished items are skipped, so an interrupted run
+   :mod:`iss3d.infer.evaluation.methods`, rendered from a fixed camera set
+   (:func:`describe_shape`) and saved as its own small ``.npz`` (renders, coloured surface
+   points, an occupancy lattice, facts; :mod:`iss3d.infer.evaluation.items`) under
+   ``OUT/items/``, written atomically. Finished items are skipped, so an interrupted run
    continues where it stopped. ``--shard i/n`` does the items whose index is i mod n (several
    processes or GPUs; ``--workers N`` starts them), then stops; a run without ``--shard``
    generates whatever is missing and goes on to
-3. the metrics and the report (:mod:`iss3d.infer.evaluate_report`): ``results.json``,
+3. the metrics and the report (:mod:`iss3d.infer.evaluation.report`): ``results.json``,
    ``results.csv``, ``report.md`` (a table like ISS's Table 1), ``plots/<metric>.png`` and
    ``plots/gallery.png`` (prompts x methods).
 
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import io
 import json
 import os
 import re
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import time
 import unicodedata
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +41,21 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from iss3d.core.atomic import atomic_output, json_text, write_json
+from iss3d.core.atomic import write_json
 from iss3d.core.config import StrictConfig, load_preset
 from iss3d.core.device import resolve_device
 from iss3d.core.errors import UserError
 from iss3d.core.resources import pretrained_dir
-from iss3d.infer.methods import METHODS, MODEL_FLAGS, MethodContext, PureClipConfig
+from iss3d.infer.evaluation.items import Item, item_seed, plan_items, save_item
+from iss3d.infer.evaluation.methods import (
+    METHODS,
+    MODEL_FLAGS,
+    MethodContext,
+    PureClipConfig,
+    ShapeRequest,
+)
+from iss3d.infer.evaluation.metrics import image_feature_network
+from iss3d.infer.evaluation.report import compute_results, write_report
 from iss3d.infer.stage2 import Stage2Config
 
 __all__ = [
@@ -56,17 +63,13 @@ __all__ = [
     "DEFAULT_POINTNET",
     "EvaluateConfig",
     "EvaluateOptions",
-    "Item",
     "ReferenceConfig",
     "RenderConfig",
     "ShapeConfig",
     "describe_shape",
     "evaluate",
-    "item_seed",
     "load_evaluate_config",
-    "load_item",
     "parse_shard",
-    "plan_items",
     "read_texts",
     "resolve_methods",
     "world_test_prompts",
@@ -272,40 +275,6 @@ def world_test_prompts(objects: int = 500, seed: int = 0) -> list[str]:
     return sorted(prompts)
 
 
-# -- items --------------------------------------------------------------------------------------
-
-
-def _slug(prompt: str, n: int = 40) -> str:
-    words = re.findall(r"\w+", unicodedata.normalize("NFKC", prompt).lower(), flags=re.ASCII)
-    return "-".join(words)[:n].strip("-") or "prompt"
-
-
-def item_seed(seed: int, prompt: str, sample: int) -> int:
-    """The seed of one (prompt, sample): the same for every method (paired comparisons)."""
-    ss = np.random.SeedSequence([seed, zlib.crc32(prompt.encode("utf-8")), sample])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One (method, prompt, sample); ``prompt_index`` is the prompt's row in the text set."""
-
-    method: str
-    prompt: str
-    prompt_index: int
-    sample: int
-
-    @property
-    def relpath(self) -> str:
-        digest = hashlib.sha1(self.prompt.encode("utf-8")).hexdigest()[:8]
-        return f"items/{self.method}/{_slug(self.prompt)}-{digest}-s{self.sample}.npz"
-
-
-def plan_items(methods: list[str], texts: list[str], samples: int) -> list[Item]:
-    """Every item, method by method, prompt by prompt, sample by sample."""
-    return [Item(m, p, i, k) for m in methods for i, p in enumerate(texts) for k in range(samples)]
-
-
 # -- one shape -> what the metrics need -----------------------------------------------------------
 
 
@@ -383,23 +352,6 @@ def describe_shape(shape, cfg: EvaluateConfig, seed: int) -> tuple[dict[str, np.
         "half": 0.5 + m.padding / 2,
     }
     return arrays, facts
-
-
-def save_item(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write one item's ``.npz`` (arrays + ``meta`` as JSON) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=np.array(json_text(meta)), **arrays)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def load_item(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, meta) of an item file written by :func:`save_item`."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != "meta"}
-        meta = json.loads(str(data["meta"]))
-    return arrays, meta
 
 
 # -- options and preparation -----------------------------------------------------------------------
@@ -487,14 +439,8 @@ def check_judge(judge, judge_spec: str, clip, cfg: EvaluateConfig) -> None:
             refuse(f"the guidance ensemble member {spec!r}")
 
 
-def prepare(options: EvaluateOptions) -> Prepared:
-    """Check and load everything; UserError on the first problem. Writes nothing."""
-    from iss3d.data.reader import MultiViewFile
-    from iss3d.infer.generate import resolve_models
-    from iss3d.models.clip import load_clip
-    from iss3d.models.loaders import load_pointnet, load_stage1
-
-    o = options
+def _check_counts(o: EvaluateOptions) -> tuple[int, int] | None:
+    """Check --samples, --seed, --workers and --shard; the shard, None without one."""
     if o.samples < 1:
         raise UserError(f"--samples must be positive, got {o.samples}")
     if o.seed < 0:
@@ -504,18 +450,26 @@ def prepare(options: EvaluateOptions) -> Prepared:
     shard = parse_shard(o.shard)
     if shard is not None and o.workers > 1:
         raise UserError("--shard and --workers exclude each other (workers start the shards)")
-    texts = read_texts(o.texts)
-    methods, explicit = resolve_methods(o.methods)
-    cfg = load_evaluate_config(o.config, o.overrides)
+    return shard
+
+
+def _open_reference(o: EvaluateOptions, split: str | None):
+    """The reference dataset (``--ref-data``), with at least 2 objects in ``split``."""
+    from iss3d.data.reader import MultiViewFile
+
     if not Path(o.ref_data).exists():
         raise UserError(f"{o.ref_data}: no such file (--ref-data, the reference dataset)")
     reference = MultiViewFile(o.ref_data)
-    split = cfg.reference.split
     if len(reference.objects_in(split)) < 2:
         raise UserError(
             f"{o.ref_data}: fewer than 2 objects in split {split!r} (reference.split); "
             "the reference set needs at least 2"
         )
+    return reference
+
+
+def _check_model_files(o: EvaluateOptions) -> None:
+    """UserError for a model file given on the command line that does not exist."""
     for path, flag in (
         (o.stage1, "--stage1"),
         (o.stage1_nobg, "--stage1-nobg"),
@@ -523,14 +477,21 @@ def prepare(options: EvaluateOptions) -> Prepared:
     ):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{path}: no such file ({flag})")
-    device, note = resolve_device(o.device)
+
+
+def _load_stage1_and_clip(o: EvaluateOptions, methods: list[str], device: torch.device):
+    """(stage1, its path, the guidance CLIP, its spec), each None when not available.
+
+    The stage-1 model is loaded for the methods that need it, and as the source of the
+    guidance CLIP (when ``--clip`` is not given)."""
+    from iss3d.infer.session import resolve_models
+    from iss3d.models.clip import load_clip
 
     needs = {n for m in methods for n in METHODS[m].needs}
     stage1 = stage1_path = clip = None
     clip_spec = o.clip
-    # the stage-1 model: for the methods that need it, and as the source of the guidance CLIP
     if needs & {"stage1", "stage1_nobg"} or o.stage1 is not None or o.clip is None:
-        from iss3d.infer.generate import DEFAULT_STAGE1
+        from iss3d.infer.session import DEFAULT_STAGE1
 
         if o.stage1 is not None or DEFAULT_STAGE1.is_file():
             torch.manual_seed(o.seed)  # random-weight CLIP specs draw from it
@@ -538,41 +499,58 @@ def prepare(options: EvaluateOptions) -> Prepared:
     if clip is None and clip_spec is not None:
         torch.manual_seed(o.seed)
         clip = load_clip(clip_spec, device)
-    stage1_nobg = None
-    if o.stage1_nobg is not None:
-        stage1_nobg = load_stage1(o.stage1_nobg, device)
-        if clip is not None and stage1_nobg.clip_embed_dim != clip.embed_dim:
-            raise UserError(
-                f"{o.stage1_nobg}: trained with {stage1_nobg.clip_embed_dim}-d CLIP features, "
-                f"the guidance CLIP gives {clip.embed_dim}-d"
-            )
-    ei_d = None
-    if o.ei_d is not None:
-        from iss3d.models.loaders import load_eid
+    return stage1, stage1_path, clip, clip_spec
 
-        ei_d = load_eid(o.ei_d, device)
-        if clip is not None and ei_d.clip_spec and ei_d.clip_spec != clip_spec:
-            from iss3d.infer.generate import warn
 
-            warn(
-                f"{o.ei_d} was trained with CLIP {ei_d.clip_spec!r}, not the guidance CLIP "
-                f"{clip_spec!r} whose text features ei-d is fed"
-            )
-        if clip is not None and ei_d.clip_embed_dim != clip.embed_dim:
-            raise UserError(
-                f"{o.ei_d}: trained with {ei_d.clip_embed_dim}-d CLIP features, the guidance "
-                f"CLIP gives {clip.embed_dim}-d"
-            )
-    available = {
-        k
-        for k, v in (
-            ("stage1", stage1),
-            ("stage1_nobg", stage1_nobg),
-            ("ei_d", ei_d),
-            ("clip", clip),
+def _load_stage1_nobg(o: EvaluateOptions, clip, device: torch.device):
+    """The stage-1 model trained without L_bg (``--stage1-nobg``), or None."""
+    if o.stage1_nobg is None:
+        return None
+    from iss3d.models.loaders import load_stage1
+
+    stage1_nobg = load_stage1(o.stage1_nobg, device)
+    if clip is not None and stage1_nobg.clip_embed_dim != clip.embed_dim:
+        raise UserError(
+            f"{o.stage1_nobg}: trained with {stage1_nobg.clip_embed_dim}-d CLIP features, "
+            f"the guidance CLIP gives {clip.embed_dim}-d"
         )
-        if v is not None
-    }
+    return stage1_nobg
+
+
+def _load_eid(o: EvaluateOptions, clip, clip_spec: str | None, device: torch.device):
+    """The E_I + D baseline (``--ei-d``), or None; a warning when it was trained with
+    another CLIP than the guidance one."""
+    if o.ei_d is None:
+        return None
+    from iss3d.models.loaders import load_eid
+
+    ei_d = load_eid(o.ei_d, device)
+    if clip is not None and ei_d.clip_spec and ei_d.clip_spec != clip_spec:
+        from iss3d.infer.session import warn
+
+        warn(
+            f"{o.ei_d} was trained with CLIP {ei_d.clip_spec!r}, not the guidance CLIP "
+            f"{clip_spec!r} whose text features ei-d is fed"
+        )
+    if clip is not None and ei_d.clip_embed_dim != clip.embed_dim:
+        raise UserError(
+            f"{o.ei_d}: trained with {ei_d.clip_embed_dim}-d CLIP features, the guidance "
+            f"CLIP gives {clip.embed_dim}-d"
+        )
+    return ei_d
+
+
+def _choose_methods(
+    methods: list[str], explicit: bool, loaded: Mapping[str, Any]
+) -> tuple[list[str], dict[str, str]]:
+    """(the methods whose models are loaded, {skipped method: reason}); ``loaded`` maps each
+    model of :data:`MODEL_FLAGS` to the model or None.
+
+    Raises:
+        UserError: a method named explicitly lacks a model, or no method can run.
+    """
+    clip = loaded["clip"]
+    available = {k for k, v in loaded.items() if v is not None}
     if clip is None:  # every method guides or reads text through CLIP
         available.clear()
     chosen, skipped = [], {}
@@ -589,40 +567,68 @@ def prepare(options: EvaluateOptions) -> Prepared:
             chosen.append(name)
     if not chosen:
         raise UserError("no method can run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    ctx = MethodContext(cfg.stage2, cfg.pure_clip, clip, stage1, stage1_nobg, ei_d, device=device)
+    return chosen, skipped
 
-    # the judge: never a guidance model
-    judge, judge_reason = None, None
+
+def _load_judge(o: EvaluateOptions, clip, cfg: EvaluateConfig, device: torch.device):
+    """(the judge CLIP, None) or (None, why there is none); the judge is never a guidance
+    model (:func:`check_judge`)."""
+    from iss3d.models.clip import load_clip
+
     judge_spec = (
         o.judge
         if o.judge is not None
         else (str(DEFAULT_JUDGE) if DEFAULT_JUDGE.is_file() else None)
     )
     if judge_spec is None:
-        judge_reason = f"no judge CLIP (give --judge SPEC; default {DEFAULT_JUDGE} is missing)"
-    else:
-        torch.manual_seed(o.seed + 1)
-        judge = load_clip(judge_spec, device)
-        check_judge(judge, judge_spec, clip, cfg)
-    pointnet = pointnet_info = None
-    pointnet_reason = None
+        return None, f"no judge CLIP (give --judge SPEC; default {DEFAULT_JUDGE} is missing)"
+    torch.manual_seed(o.seed + 1)
+    judge = load_clip(judge_spec, device)
+    check_judge(judge, judge_spec, clip, cfg)
+    return judge, None
+
+
+def _load_pointnet(o: EvaluateOptions, reference, device: torch.device):
+    """(PointNet, its info, why FPD cannot be computed or None); the network is None when
+    there is none to load."""
+    from iss3d.models.loaders import load_pointnet
+
     pn_path = (
         o.pointnet
         if o.pointnet is not None
         else (DEFAULT_POINTNET if DEFAULT_POINTNET.is_file() else None)
     )
     if pn_path is None:
-        pointnet_reason = (
+        reason = (
             f"no PointNet (give --pointnet CKPT: `iss3d fit pointnet` or TreeGAN's classifier; "
             f"default {DEFAULT_POINTNET} is missing)"
         )
-    elif not reference.has_surface:
-        pointnet_reason = f"{o.ref_data} has no surface points"
-        pointnet, pointnet_info = load_pointnet(pn_path, device)
-    else:
-        pointnet, pointnet_info = load_pointnet(pn_path, device)
-    from iss3d.infer.eval_metrics import image_feature_network
+        return None, None, reason
+    pointnet, pointnet_info = load_pointnet(pn_path, device)
+    reason = None if reference.has_surface else f"{o.ref_data} has no surface points"
+    return pointnet, pointnet_info, reason
 
+
+def prepare(options: EvaluateOptions) -> Prepared:
+    """Check and load everything; UserError on the first problem. Writes nothing."""
+    o = options
+    shard = _check_counts(o)
+    texts = read_texts(o.texts)
+    methods, explicit = resolve_methods(o.methods)
+    cfg = load_evaluate_config(o.config, o.overrides)
+    reference = _open_reference(o, cfg.reference.split)
+    _check_model_files(o)
+    device, note = resolve_device(o.device)
+
+    stage1, stage1_path, clip, clip_spec = _load_stage1_and_clip(o, methods, device)
+    stage1_nobg = _load_stage1_nobg(o, clip, device)
+    ei_d = _load_eid(o, clip, clip_spec, device)
+    loaded = {"stage1": stage1, "stage1_nobg": stage1_nobg, "ei_d": ei_d, "clip": clip}
+    chosen, skipped = _choose_methods(methods, explicit, loaded)
+    ctx = MethodContext(cfg.stage2, cfg.pure_clip, clip, stage1, stage1_nobg, ei_d, device=device)
+
+    judge, judge_reason = _load_judge(o, clip, cfg, device)
+    pointnet, pointnet_info, pointnet_reason = _load_pointnet(o, reference, device)
     fid_network, fid_reason = image_feature_network(o.fid_features, device, judge)
     if note:
         print(f"iss3d: {note}", file=sys.stderr)
@@ -715,7 +721,7 @@ def open_out(out: Path, settings: dict[str, Any]) -> None:
 def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
     """Produce and save every item of ``items`` not already on disk (a warning line for each of
     an item's stage-2 warnings). Returns (made, skipped)."""
-    from iss3d.infer.generate import warn
+    from iss3d.infer.session import warn
 
     out = p.options.out
     todo = [it for it in items if not (out / it.relpath).is_file()]
@@ -730,8 +736,6 @@ def generate_items(p: Prepared, items: list[Item]) -> tuple[int, int]:
     try:
         for it in todo:
             seed = item_seed(p.options.seed, it.prompt, it.sample)
-            from iss3d.infer.methods import ShapeRequest
-
             request = ShapeRequest(
                 it.prompt, it.sample, seed, torch.Generator().manual_seed(seed), perturb
             )
@@ -831,8 +835,6 @@ def evaluate(options: EvaluateOptions) -> int:
     Raises:
         UserError: bad input (nothing written), or a failed worker.
     """
-    from iss3d.infer.evaluate_report import compute_results, write_report
-
     p = prepare(options)
     out = options.out
     open_out(out, run_settings(p))

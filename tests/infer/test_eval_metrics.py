@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 from iss3d.core.errors import UserError
-from iss3d.infer import eval_metrics as em
+from iss3d.infer.evaluation import metrics as em
 from iss3d.models.pointnet import PointNetCls
 
 

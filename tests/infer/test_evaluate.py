@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from iss3d.core import config as config_lib
-from iss3d.infer import evaluate as ev
 from iss3d.infer.cli import build_parser, main
-from iss3d.infer.methods import METHODS, LatentParameter, VoxelField
+from iss3d.infer.evaluation import run as ev
+from iss3d.infer.evaluation.items import Item, item_seed, load_item, plan_items
+from iss3d.infer.evaluation.methods import METHODS, LatentParameter, VoxelField
 from iss3d.models.clip import build_open_clip, clip_config, export_checkpoint
 from iss3d.models.decoder import DecoderConfig
 from iss3d.models.pointnet import PointNetCls, export_pointnet
@@ -152,7 +153,7 @@ def test_report_files(full_run):
 
 
 def test_ordering_table_marks_where_full_is_not_better():
-    from iss3d.infer.evaluate_report import ordering_lines
+    from iss3d.infer.evaluation.report import ordering_lines
 
     def row(title, **values):
         return {"title": title, "status": "ok", **values}
@@ -170,12 +171,12 @@ def test_ordering_table_marks_where_full_is_not_better():
 
 
 def test_items_hold_renders_points_and_lattice(full_run):
-    item = ev.Item("full", PROMPTS[0], 0, 0)
-    arrays, meta = ev.load_item(full_run / item.relpath)
+    item = Item("full", PROMPTS[0], 0, 0)
+    arrays, meta = load_item(full_run / item.relpath)
     assert arrays["renders"].shape == (2, 16, 16, 3) and arrays["renders"].dtype == np.uint8
     assert arrays["grid"].shape == (9, 9, 9)
     assert meta["prompt"] == PROMPTS[0] and meta["method"] == "full"
-    assert meta["seed"] == ev.item_seed(0, PROMPTS[0], 0)
+    assert meta["seed"] == item_seed(0, PROMPTS[0], 0)
     if not meta["empty"]:
         assert arrays["points"].shape == (256, 3) and arrays["colors"].shape == (256, 3)
     assert len(meta["clip_score_per_step"]) == 2
@@ -186,7 +187,7 @@ def test_rerun_skips_finished_items_and_redoes_missing_ones(models, tiny_world, 
     shutil.copytree(full_run, out)
     files = sorted((out / "items").rglob("*.npz"))
     before = {f: f.stat().st_mtime_ns for f in files}
-    victim = out / ev.Item("no-stage2", PROMPTS[1], 1, 0).relpath
+    victim = out / Item("no-stage2", PROMPTS[1], 1, 0).relpath
     kept = strict_json((out / "results.json").read_text())["methods"]["no-stage2"]
     victim.unlink()  # as if the run had been interrupted before this item
     assert main(argv(models, tiny_world, out, methods="no-stage2")) == 0
@@ -219,9 +220,9 @@ def test_shards_split_the_items_and_merge_to_the_same_results(
         for key in ("r_at_1", "judge_score", "iou", "color_acc", "fpd"):
             assert sharded[name][key] == pytest.approx(single[name][key]), (name, key)
     for prompt_index, prompt in enumerate(PROMPTS):
-        item = ev.Item("full", prompt, prompt_index, 0)
-        a, _ = ev.load_item(out / item.relpath)
-        b, _ = ev.load_item(full_run / item.relpath)
+        item = Item("full", prompt, prompt_index, 0)
+        a, _ = load_item(out / item.relpath)
+        b, _ = load_item(full_run / item.relpath)
         assert np.array_equal(a["renders"], b["renders"])
 
 
@@ -234,8 +235,8 @@ def test_models_for_every_ablation(models, tiny_world, tmp_path):
     assert main(a) == 0
     methods = strict_json((out / "results.json").read_text())["methods"]
     assert [m for m, r in methods.items() if r["status"] == "ok"] == ["ei-d", "no-bg1", "no-bg"]
-    nobg1, _ = ev.load_item(out / ev.Item("no-bg1", "a pink mug", 0, 0).relpath)
-    nobg, _ = ev.load_item(out / ev.Item("no-bg", "a pink mug", 0, 0).relpath)
+    nobg1, _ = load_item(out / Item("no-bg1", "a pink mug", 0, 0).relpath)
+    nobg, _ = load_item(out / Item("no-bg", "a pink mug", 0, 0).relpath)
     assert nobg1["grid"].shape == nobg["grid"].shape
 
 
@@ -256,7 +257,7 @@ def test_non_finite_stage2_steps_are_warned_per_item(
     strict_json((out / "run.json").read_text())
     for item in results["items"]:
         assert item["warnings"] == expected and item["guidance_clip_score"] is None
-        _, meta = ev.load_item(out / item["file"])
+        _, meta = load_item(out / item["file"])
         assert meta["clip_score_per_step"] == [None, None]  # the item file's JSON: null, not NaN
         for text in expected:
             assert f"iss3d: warning: {item['file']}: {text}" in err
@@ -363,9 +364,9 @@ def test_read_texts_and_the_shipped_prompt_sets(tmp_path):
 
 
 def test_items_seeds_and_shards():
-    items = ev.plan_items(["full", "no-stage2"], PROMPTS, 2)
+    items = plan_items(["full", "no-stage2"], PROMPTS, 2)
     assert len(items) == 12 and len({it.relpath for it in items}) == 12
-    seeds = {(it.prompt, it.sample): ev.item_seed(0, it.prompt, it.sample) for it in items}
+    seeds = {(it.prompt, it.sample): item_seed(0, it.prompt, it.sample) for it in items}
     assert len(set(seeds.values())) == 6  # the same per (prompt, sample) for every method
     assert ev.parse_shard("1/3") == (1, 3)
     for bad in ("3/3", "a/b", "0/0", "-1/2"):
