@@ -240,9 +240,10 @@ def main() -> int:
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports")
     print(f"{len(loops)} cycles" + "".join(f"\n  {' <-> '.join(c)}" for c in loops))
     print(f"{len(upward)} upward imports" + "".join(f"\n  {u}" for u in upward))
+    roots = sorted({m if m.startswith("iss3d.") else m.split(".")[0] for m in loaded})
     print(
         f"training modules loaded by the generation path: {len(loaded)}"
-        + "".join(f"\n  {m}" for m in loaded)
+        + "".join(f"\n  {m}" for m in roots)
     )
     return 1 if upward or loops or loaded else 0
 
