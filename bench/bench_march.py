@@ -4,15 +4,16 @@ Every "a {colour} {category}" prompt of the synthetic world (11 colours x 11 cat
 is rendered through the shipped stage-1 decoder at two latents: the mapper's output before
 stage 2 (M(f_T), what stage 2 renders first) and after :data:`STAGE2_STEPS` steps of the tiny
 preset's stage 2 (grid march, ``keep: last``, seed 0). Both marchers see the same rays from
-two camera sets (three with ``--paper``):
+two camera sets (three with ``--paper``); latent i (of 242) sees:
 
-- ``stage2``: one draw of ``configs/generate/tiny.yaml``'s stage-2 cameras and march (4 views
-  at 48 px as one batch element, 64 samples, grid 32);
-- ``eval``: ``configs/evaluate/tiny.yaml``'s evaluation views (8 views at 64 px, elevation 20,
-  distance 1.8), each view marched on its own as ``iss3d evaluate`` renders it;
-- ``paper``: ``configs/generate/paper.yaml``'s march (128 samples, grid 64) from one draw of
-  its cameras (distance 2.7), 2 views at 90 px (the preset renders 10 a step; fewer here for
-  CPU time).
+- ``stage2``: one camera of ``configs/generate/tiny.yaml``'s stage-2 distribution drawn with
+  seed i, at its resolution (48 px) and march (64 samples, grid 32); ``--all-views``: a
+  draw of 4 views as one batch element, as a stage-2 step renders them;
+- ``eval``: view i mod 8 of ``configs/evaluate/tiny.yaml``'s evaluation views (64 px,
+  elevation 20, distance 1.8, azimuths 0, 45, ... 315), marched as ``iss3d evaluate``
+  renders it, so the 242 latents cover every view 30 times; ``--all-views``: all 8;
+- ``paper`` (``--paper``): 2 views of ``configs/generate/paper.yaml``'s cameras (distance
+  2.7) drawn with seed i, at 90 px with its march (128 samples, grid 64).
 
 Figures per camera set: rays with a non-finite depth on a hit (grid and dense), rays whose
 classification (hit, inside start, miss) differs, the lowest hit-mask agreement over latents,
@@ -20,8 +21,11 @@ the largest depth difference on common hits, decoder evaluations per ray of each
 The targets: every grid hit finite, every ray classified as the reference does, depth within
 1e-4 of the reference.
 
-Run: ``python -m bench.bench_march [--quick] [--paper]`` (or through ``python -m bench.run``);
-progress on stderr, one line per latent. ``--quick``: 3 prompts, 1 view per set, no stage 2.
+Run: ``python -m bench.bench_march [--quick] [--paper] [--all-views]`` (or through
+``python -m bench.run``); progress on stderr, one line per latent; the stage-2 latents are
+kept in ``bench/results/tmp/`` for a rerun. ``--quick``: 3 prompts, M(f_T) only. With
+``--all-views`` the run is about 6x longer (an hour of dense marching per set on 2 CPU
+cores).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -61,11 +66,13 @@ def world_prompts() -> list[str]:
 
 @dataclasses.dataclass
 class CameraSet:
-    """Rays one latent is marched along: ``batches`` of (B, R, 3) origins and directions (each
-    batch one call, as the product marches them) and the march settings."""
+    """Rays each latent is marched along: ``rays_of(i)`` gives latent i's batches of (B, R, 3)
+    origins and directions (each batch one call, as the product marches them); ``views``
+    says which views; ``march`` the settings."""
 
     name: str
-    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    rays_of: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]
+    views: str
     march: MarchConfig
 
 
@@ -79,40 +86,85 @@ def view_rays(views: Views, resolution: int, one_batch: bool) -> list:
     return [(o[i : i + 1], d[i : i + 1]) for i in range(len(views))]
 
 
-def camera_sets(quick: bool, paper: bool = False) -> list[CameraSet]:
-    """The stage-2 and evaluation camera sets, and with ``paper`` the paper preset's (one
-    camera draw each, seed 0)."""
-    tiny = load_generate_config("tiny").stage2
-    paper = load_generate_config("paper").stage2
-    ev = load_evaluate_config("tiny")
-    n_tiny, n_eval, n_paper = (1, 1, 1) if quick else (tiny.views, ev.render.views, PAPER_VIEWS)
-    g = torch.Generator().manual_seed(0)
-    eval_views = fixed_views(
-        n_eval, ev.render.elevation, ev.stage2.cameras.mean_distance, ev.stage2.cameras.focal
+def _view(views: Views, i: int) -> Views:
+    """The i-th of ``views`` alone."""
+    return Views(
+        views.world_mat[i : i + 1],
+        views.camera_mat[i : i + 1],
+        views.scale_mat[i : i + 1],
+        views.azimuth[i : i + 1],
+        views.elevation[i : i + 1],
+        views.distance[i : i + 1],
     )
+
+
+def camera_sets(all_views: bool = False, paper: bool = False) -> list[CameraSet]:
+    """The stage-2 and evaluation camera sets, and with ``paper`` the paper preset's.
+
+    Latent i sees one stage-2 camera drawn with seed i and evaluation view i mod 8 (so the
+    121 prompts x 2 latents cover every evaluation azimuth); ``all_views``: every latent sees
+    a full stage-2 draw (4 views, seed i) and all 8 evaluation views.
+    """
+    tiny = load_generate_config("tiny").stage2
+    paper_s2 = load_generate_config("paper").stage2
+    ev = load_evaluate_config("tiny")
+    eval_views = fixed_views(
+        ev.render.views, ev.render.elevation, ev.stage2.cameras.mean_distance,
+        ev.stage2.cameras.focal,
+    )  # fmt: skip
     eval_march = dataclasses.replace(ev.stage2.march, n_steps=ev.render.march_steps)
+    n_tiny = tiny.views if all_views else 1
+
+    def stage2_rays(i: int) -> list:
+        draw = sample_views(tiny.cameras, n_tiny, torch.Generator().manual_seed(i))
+        return view_rays(draw, tiny.resolution, True)
+
+    def eval_rays(i: int) -> list:
+        chosen = eval_views if all_views else _view(eval_views, i % len(eval_views))
+        return view_rays(chosen, ev.render.resolution, False)
+
+    def paper_rays(i: int) -> list:
+        draw = sample_views(paper_s2.cameras, PAPER_VIEWS, torch.Generator().manual_seed(i))
+        return view_rays(draw, paper_s2.resolution, True)
+
     sets = [
         CameraSet(
             "stage2",
-            view_rays(sample_views(tiny.cameras, n_tiny, g), tiny.resolution, True),
+            stage2_rays,
+            f"{n_tiny} view(s) of configs/generate/tiny.yaml's stage-2 cameras drawn with seed i"
+            f" at {tiny.resolution} px, one batch",
             tiny.march,
         ),
-        CameraSet("eval", view_rays(eval_views, ev.render.resolution, False), eval_march),
+        CameraSet(
+            "eval",
+            eval_rays,
+            (f"all {len(eval_views)}" if all_views else f"view i mod {len(eval_views)} of the")
+            + f" evaluation views at {ev.render.resolution} px, one batch per view",
+            eval_march,
+        ),
     ]
     if paper:
-        views = sample_views(paper.cameras, n_paper, g)
-        sets.append(CameraSet("paper", view_rays(views, paper.resolution, True), paper.march))
+        sets.append(
+            CameraSet(
+                "paper",
+                paper_rays,
+                f"{PAPER_VIEWS} views of configs/generate/paper.yaml's cameras, seed i,"
+                f" {paper_s2.resolution} px",
+                paper_s2.march,
+            )
+        )
     return sets
 
 
-def compare(decoder, c: torch.Tensor, cameras: CameraSet) -> dict[str, float]:
-    """Dense and grid march of latent ``c`` (1, c_dim) along every batch of ``cameras``."""
+def compare(decoder, c: torch.Tensor, batches: list, cfg: MarchConfig) -> dict[str, float]:
+    """Dense and grid march (settings ``cfg``) of latent ``c`` (1, c_dim) along every batch
+    of ``batches``."""
     stats = {"rays": 0, "nonfinite_grid": 0, "nonfinite_dense": 0, "differing": 0, "hits": 0}
     stats.update(max_depth_error=0.0, evals_dense=0, evals_grid=0)
-    dense_cfg = dataclasses.replace(cameras.march, method="dense")
-    for origins, dirs in cameras.batches:
+    dense_cfg = dataclasses.replace(cfg, method="dense")
+    for origins, dirs in batches:
         ref: MarchResult = march(decoder, c, origins, dirs, dense_cfg)
-        fast: MarchResult = grid_march(decoder, c, origins, dirs, cameras.march)
+        fast: MarchResult = grid_march(decoder, c, origins, dirs, cfg)
         stats["rays"] += ref.hit.numel()
         stats["hits"] += int(ref.hit.sum())
         stats["nonfinite_grid"] += int((fast.hit & ~torch.isfinite(fast.depth)).sum())
@@ -148,57 +200,88 @@ def prompt_latents(
     return out
 
 
-def main(quick: bool = False, paper: bool = False) -> dict:
+def cached_latents(model, clip, prompts: list[str], after: bool) -> list:
+    """:func:`prompt_latents`, kept in ``bench/results/tmp/`` for a rerun with the same prompts
+    and models (stage 2 of 121 prompts takes minutes)."""
+    from iss3d.infer.shape_files import decoder_fingerprint
+
+    key = {
+        "prompts": prompts,
+        "after": after,
+        "steps": STAGE2_STEPS,
+        "decoder": decoder_fingerprint(model.decoder),
+        "mapper": decoder_fingerprint(model.mapper),
+    }
+    path = Path(__file__).parent / "results" / "tmp" / "march_latents.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached["key"] == key:
+            return [tuple(x) for x in cached["latents"]]
+    latents = prompt_latents(model, clip, prompts, after)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "latents": latents}, path)
+    return latents
+
+
+def measure_set(decoder, latents: list, cameras: CameraSet) -> tuple[dict, dict, list]:
+    """Figures and targets of one camera set over every latent, and the latents whose rays
+    differ; progress on stderr."""
+    start = time.perf_counter()
+    totals = dict.fromkeys(
+        ("rays", "hits", "nonfinite_grid", "nonfinite_dense", "differing", "evals_dense",
+         "evals_grid"), 0,
+    )  # fmt: skip
+    lowest_agreement, depth_error, differing_latents = 1.0, 0.0, []
+    for i, (label, c) in enumerate(latents):
+        s = compare(decoder, c, cameras.rays_of(i), cameras.march)
+        print(f"{cameras.name} {i + 1}/{len(latents)} {label}", file=sys.stderr, flush=True)
+        for key in totals:
+            totals[key] += s[key]
+        lowest_agreement = min(lowest_agreement, 1 - s["differing"] / s["rays"])
+        depth_error = max(depth_error, s["max_depth_error"])
+        if s["differing"]:
+            differing_latents.append([label, s["differing"]])
+    k, rays = cameras.name, totals["rays"]
+    figures = {
+        f"{k}_latents": len(latents),
+        f"{k}_rays": rays,
+        f"{k}_hit_fraction": totals["hits"] / rays,
+        f"{k}_nonfinite_grid": totals["nonfinite_grid"],
+        f"{k}_nonfinite_dense": totals["nonfinite_dense"],
+        f"{k}_differing_rays": totals["differing"],
+        f"{k}_agreeing_ray_fraction": 1 - totals["differing"] / rays,
+        f"{k}_lowest_mask_agreement": lowest_agreement,
+        f"{k}_max_depth_error": depth_error,
+        f"{k}_grid_finite_hit_fraction": 1 - totals["nonfinite_grid"] / max(totals["hits"], 1),
+        f"{k}_dense_evals_per_ray": totals["evals_dense"] / rays,
+        f"{k}_grid_evals_per_ray": totals["evals_grid"] / rays,
+        f"{k}_seconds": time.perf_counter() - start,
+    }
+    targets = {
+        f"{k}_agreeing_ray_fraction": target(figures[f"{k}_agreeing_ray_fraction"], 1.0, ">="),
+        f"{k}_grid_finite_hit_fraction": target(
+            figures[f"{k}_grid_finite_hit_fraction"], 1.0, ">="
+        ),
+        f"{k}_max_depth_error": target(depth_error, 1e-4, "<="),
+    }
+    return figures, targets, differing_latents
+
+
+def main(quick: bool = False, paper: bool = False, all_views: bool = False) -> dict:
     torch.manual_seed(0)
-    device = torch.device("cpu")
-    model, _, clip, clip_spec = resolve_models(None, None, device)
+    model, _, clip, clip_spec = resolve_models(None, None, torch.device("cpu"))
     decoder = model.decoder.eval()
     prompts = list(QUICK_PROMPTS) if quick else world_prompts()
     start = time.perf_counter()
-    latents = prompt_latents(model, clip, prompts, after=not quick)
-    figures: dict[str, float] = {}
+    latents = cached_latents(model, clip, prompts, after=not quick)
+    figures: dict[str, float] = {"stage2_latents_seconds": time.perf_counter() - start}
     targets: dict[str, dict] = {}
     worst: dict[str, list] = {}
-    for cameras in camera_sets(quick, paper):
-        set_start = time.perf_counter()
-        totals: dict[str, float] = {}
-        lowest_agreement, depth_error = 1.0, 0.0
-        differing_latents = []
-        for i, (label, c) in enumerate(latents):
-            s = compare(decoder, c, cameras)
-            print(f"{cameras.name} {i + 1}/{len(latents)} {label}", file=sys.stderr, flush=True)
-            for key in ("rays", "hits", "nonfinite_grid", "nonfinite_dense", "differing"):
-                totals[key] = totals.get(key, 0) + s[key]
-            for key in ("evals_dense", "evals_grid"):
-                totals[key] = totals.get(key, 0) + s[key]
-            lowest_agreement = min(lowest_agreement, 1 - s["differing"] / s["rays"])
-            depth_error = max(depth_error, s["max_depth_error"])
-            if s["differing"]:
-                differing_latents.append([label, s["differing"]])
-        k = cameras.name
-        figures[f"{k}_latents"] = len(latents)
-        figures[f"{k}_rays"] = totals["rays"]
-        figures[f"{k}_hit_fraction"] = totals["hits"] / totals["rays"]
-        figures[f"{k}_nonfinite_grid"] = totals["nonfinite_grid"]
-        figures[f"{k}_nonfinite_dense"] = totals["nonfinite_dense"]
-        figures[f"{k}_differing_rays"] = totals["differing"]
-        figures[f"{k}_lowest_mask_agreement"] = lowest_agreement
-        figures[f"{k}_max_depth_error"] = depth_error
-        figures[f"{k}_dense_evals_per_ray"] = totals["evals_dense"] / totals["rays"]
-        figures[f"{k}_grid_evals_per_ray"] = totals["evals_grid"] / totals["rays"]
-        figures[f"{k}_agreeing_ray_fraction"] = 1 - totals["differing"] / totals["rays"]
-        figures[f"{k}_grid_finite_hit_fraction"] = 1 - totals["nonfinite_grid"] / max(
-            totals["hits"], 1
-        )
-        targets[f"{k}_agreeing_ray_fraction"] = target(
-            figures[f"{k}_agreeing_ray_fraction"], 1.0, ">="
-        )
-        targets[f"{k}_grid_finite_hit_fraction"] = target(
-            figures[f"{k}_grid_finite_hit_fraction"], 1.0, ">="
-        )
-        targets[f"{k}_max_depth_error"] = target(depth_error, 1e-4, "<=")
-        worst[k] = differing_latents
-        figures[f"{k}_seconds"] = time.perf_counter() - set_start
+    sets = camera_sets(all_views, paper)
+    for cameras in sets:
+        set_figures, set_targets, worst[cameras.name] = measure_set(decoder, latents, cameras)
+        figures.update(set_figures)
+        targets.update(set_targets)
     figures["seconds"] = time.perf_counter() - start
     config = {
         "prompts": len(prompts) if not quick else prompts,
@@ -206,12 +289,7 @@ def main(quick: bool = False, paper: bool = False) -> dict:
         + ("" if quick else f" and after {STAGE2_STEPS} tiny-preset steps (seed 0, keep last)"),
         "clip": clip_spec,
         "camera_sets": {
-            cs.name: {
-                "batches": len(cs.batches),
-                "rays_per_batch": cs.batches[0][0].shape[1],
-                "march": dataclasses.asdict(cs.march),
-            }
-            for cs in camera_sets(quick, paper)
+            cs.name: {"views": cs.views, "march": dataclasses.asdict(cs.march)} for cs in sets
         },
         "latents_with_differing_rays": worst,
     }
@@ -222,7 +300,7 @@ def main(quick: bool = False, paper: bool = False) -> dict:
         " over rays both marchers hit; nonfinite: hit rays whose depth is NaN or inf",
     ]
     if quick:
-        notes.append("quick: 3 prompts, M(f_T) only, 1 view per camera set")
+        notes.append("quick: 3 prompts, M(f_T) only")
     return write_result(NAME, figures, config, quick, targets, notes)
 
 
@@ -230,5 +308,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--paper", action="store_true", help="also the paper preset's cameras")
+    parser.add_argument(
+        "--all-views", action="store_true", help="every latent sees all views of each set"
+    )
     args = parser.parse_args()
-    main(args.quick, args.paper)
+    main(args.quick, args.paper, args.all_views)
