@@ -572,6 +572,7 @@ def fit_clip(
     from iss3d.train import runs
     from iss3d.train.datamodule import MultiViewDataModule
 
+    runs.seed_run(cfg.run)  # before any weights (models, CLIP specs) are built
     datamodule = MultiViewDataModule(cfg.data)
     datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder
     check_captions(datamodule.file, cfg.data.train_split)

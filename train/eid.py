@@ -166,6 +166,7 @@ def fit_eid(
     from iss3d.train import runs
     from iss3d.train.datamodule import MultiViewDataModule
 
+    runs.seed_run(cfg.run)  # before any weights (models, CLIP specs) are built
     if not cfg.clip:
         raise UserError("no CLIP model: give --clip SPEC (or clip in the config)")
     clip = load_clip(cfg.clip)

@@ -192,6 +192,7 @@ def fit_pointnet(
     from iss3d.models.pointnet import export_pointnet
     from iss3d.train import runs
 
+    runs.seed_run(cfg.run)  # before any weights (models, CLIP specs) are built
     d = cfg.data
     file = MultiViewFile(d.path)
     if not file.has_surface:

@@ -301,6 +301,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if native_bfloat16(device) else "32-true"
 
 
+def seed_run(run_cfg: RunConfig) -> None:
+    """Seed Python, numpy and torch (and the DataLoader workers) with ``run_cfg.seed``: the
+    first step of every ``fit``, so that initial weights, random-weight CLIP specs, the data
+    order and every step are the same for the same seed."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(run_cfg.seed, workers=True, verbose=False)
+
+
 def make_trainer(
     run_dir: RunDir,
     trainer_cfg: TrainerConfig,
@@ -310,14 +319,12 @@ def make_trainer(
     enable_progress_bar: bool = True,
 ):
     """A ``pl.Trainer`` following the run conventions (loggers, checkpoints, step-based val).
-
-    Seeds everything with ``run_cfg.seed`` first. Returns the trainer.
+    Returns the trainer; the run was seeded by :func:`seed_run` before its models were built.
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    pl.seed_everything(run_cfg.seed, workers=True, verbose=False)
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir.path), name="csv")]
     if run_cfg.wandb is not None:
         from pytorch_lightning.loggers import WandbLogger

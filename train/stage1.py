@@ -471,6 +471,7 @@ def fit_stage1(
     from iss3d.train import runs
     from iss3d.train.datamodule import MultiViewDataModule
 
+    runs.seed_run(cfg.run)  # before any weights (models, CLIP specs) are built
     if not cfg.svr:
         raise UserError("no SVR checkpoint: give --svr CKPT (or svr in the config)")
     if not cfg.clip:

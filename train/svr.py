@@ -530,6 +530,7 @@ def fit_svr(
     from iss3d.train import runs
     from iss3d.train.datamodule import MultiViewDataModule
 
+    runs.seed_run(cfg.run)  # before any weights (models, CLIP specs) are built
     datamodule = MultiViewDataModule(cfg.data)
     datamodule.setup("fit")  # opens the file, builds the datasets: errors before any folder
     if len(datamodule.dataset(cfg.data.val_split)) == 0 and cfg.trainer.val_check_interval > 0:
