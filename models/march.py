@@ -75,7 +75,7 @@ class MarchConfig:
     outside_cube: str = "skip"
     depth_range: tuple[float, float] = (0.0, 2.4)
     grid: int = 48
-    margin: float = 1.0
+    margin: float = 2.0
     window: int = 4
     grid_levels: int = 2
 
