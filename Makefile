@@ -115,7 +115,7 @@ $(MODELS_WORK)/eid/checkpoints/last.ckpt: $(MODELS_WORK)/clip/clip.pt $(MODELS_W
 # 120 steps reach validation accuracy 1.0 on the world's 11 categories.
 $(MODELS_WORK)/pointnet/pointnet.pt: $(MODELS_WORK)/world.h5
 	$(ISS3D) fit pointnet --config pointnet/tiny --data $< --out $(MODELS_WORK)/pointnet \
-		--no-progress trainer.max_steps=120 'optim.milestones=[80]' \
+		--no-progress trainer.max_steps=120 'optim.milestones=[0.667]' \
 		trainer.val_check_interval=120 trainer.checkpoint_every=120
 
 report: models $(MODELS_WORK)/stage1-nobg/checkpoints/last.ckpt $(MODELS_WORK)/eid/checkpoints/last.ckpt $(MODELS_WORK)/pointnet/pointnet.pt ## Train the ablations' models, evaluate every method, copy the report to docs/evaluation/

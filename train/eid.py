@@ -128,7 +128,9 @@ class EIDSystem(DataSystem):
         return total
 
     def configure_optimizers(self):
-        return self.cfg.optim.optimizers([{"params": list(self.decoder.parameters())}])
+        return self.cfg.optim.optimizers(
+            [{"params": list(self.decoder.parameters())}], self.cfg.trainer.max_steps
+        )
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"iou_image": [], "iou_text": []}

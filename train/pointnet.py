@@ -160,7 +160,9 @@ class PointNetSystem(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        return self.cfg.optim.optimizers([{"params": list(self.model.parameters())}])
+        return self.cfg.optim.optimizers(
+            [{"params": list(self.model.parameters())}], self.cfg.trainer.max_steps
+        )
 
 
 class _Data(pl.LightningDataModule):

@@ -309,7 +309,8 @@ class Stage1System(DataSystem):
             [
                 {"params": list(self.mapper.parameters()), "lr": o.lr},
                 {"params": list(self.decoder.parameters()), "lr": o.decoder_lr or o.lr},
-            ]
+            ],
+            self.cfg.trainer.max_steps,
         )
 
     # -- validation -------------------------------------------------------------------------------
