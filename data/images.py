@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from iss3d.core.errors import UserError
+from iss3d.core.paths import input_file
 
 # Depth values above this are background (Blender writes ~1e10 where a ray hits nothing).
 DEPTH_BACKGROUND = 1e5
@@ -28,16 +29,9 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected a file")
-
-
 def _load(path: Path) -> Image.Image:
     """Open and fully decode an image (so that truncation is caught here)."""
-    _check_file(path)
+    input_file(path, "an image file")
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
@@ -55,7 +49,7 @@ def _load(path: Path) -> Image.Image:
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels."""
     path = Path(path)
-    _check_file(path)
+    input_file(path, "an image file")
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -135,7 +129,7 @@ def read_exr_depth(path: str | os.PathLike) -> np.ndarray:
     import OpenEXR  # imported here: only the importers need it
 
     path = Path(path)
-    _check_file(path)
+    input_file(path, "an image file")
     try:
         with OpenEXR.File(str(path)) as exr:
             channels = exr.channels()

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from iss3d.core.errors import UserError
+from iss3d.core.paths import input_file
 from iss3d.data import schema
 from iss3d.data.records import (
     InputViews,
@@ -23,10 +24,7 @@ from iss3d.data.records import (
 
 def open_h5(path: Path) -> h5py.File:
     """Open an HDF5 file read-only, turning every failure into a one-line UserError."""
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected an HDF5 file")
+    input_file(path, "an HDF5 file")
     try:
         return h5py.File(path, "r")
     except OSError as err:

@@ -69,6 +69,7 @@ from torch import nn
 
 from iss3d.core.atomic import atomic_output
 from iss3d.core.errors import UserError
+from iss3d.core.paths import input_file
 from iss3d.models.decoder import Decoder, DecoderConfig
 from iss3d.models.mapper import Mapper, MapperConfig
 
@@ -150,11 +151,7 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         UserError: missing file, a folder, or a file torch cannot read (truncated, corrupt, or
             holding objects beyond tensors, containers and numpy scalars).
     """
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such file")
-    if p.is_dir():
-        raise UserError(f"{p}: is a folder, expected a {what} file")
+    p = input_file(path, f"a {what} file")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)

@@ -51,6 +51,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from iss3d.core.errors import UserError
+from iss3d.core.paths import input_file
 from iss3d.core.resources import config_dir
 from iss3d.models.checkpoints import load_state_into, safe_load
 from iss3d.models.encoder import check_images
@@ -487,7 +488,8 @@ def load_clip(
         raise UserError(f"CLIP spec must be a non-empty string, got {spec!r}")
     register_clip_configs()
     name, colon, source = spec.partition(":")
-    if Path(spec).is_file():
+    if Path(spec).exists() and not Path(spec).is_dir():
+        input_file(spec, "a CLIP checkpoint file")  # a FIFO or device: refused, never read
         clip = _load_checkpoint_spec(spec)
     elif spec.startswith(_CONFIG_PREFIX):
         clip = _load_config_spec(spec)

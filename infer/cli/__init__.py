@@ -10,7 +10,10 @@ subcommand with ``register_eval(eval_commands)``; a command's work is imported w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 
 from iss3d.core.errors import UserError
 from iss3d.infer.cli import (
@@ -48,14 +51,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it unwinds like Ctrl-C: every output
+    being written is removed (outputs are written to a temporary name, then renamed)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises :class:`Terminated` while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user errors print one line to stderr and return 2, Ctrl-C returns 130."""
+    """Run one command; user errors print one line to stderr and return 2, Ctrl-C returns 130
+    and SIGTERM 143, with nothing half-written left behind."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with _sigterm_unwinds():
+            return int(args.run(args) or 0)
     except UserError as err:
         print(f"iss3d: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("iss3d: terminated; no partial outputs were kept", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("iss3d: interrupted; no partial outputs were kept", file=sys.stderr)
         return 130

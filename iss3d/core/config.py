@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 import yaml
 
 from iss3d.core.errors import UserError
+from iss3d.core.paths import input_file
 from iss3d.core.resources import config_dir
 
 T = TypeVar("T")
@@ -245,7 +246,17 @@ class StrictConfig:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+    """``yaml.SafeLoader`` that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does, and
+    refuses aliases (``*name``): a config never needs them, and nested aliases expand
+    exponentially ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in iss3d configs", mark
+            )
+        return super().compose_node(parent, index)
 
 
 YamlLoader.add_implicit_resolver(
@@ -264,8 +275,8 @@ def find_config(spec: str | os.PathLike) -> Path:
         UserError: nothing found (names both places looked at).
     """
     path = Path(spec)
-    if path.is_file():
-        return path
+    if path.exists() and not path.is_dir():
+        return input_file(path, "a YAML file")  # a FIFO or device: refused, never read
     candidates = [CONFIG_DIR / path]
     if path.suffix not in (".yaml", ".yml"):
         candidates.insert(0, CONFIG_DIR / f"{path}.yaml")
@@ -283,9 +294,11 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         UserError: unreadable, invalid YAML (with the line), or not a mapping.
     """
-    path = Path(path)
+    path = input_file(path, "a YAML file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (save the config as UTF-8)") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
