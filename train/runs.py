@@ -195,6 +195,26 @@ def default_run_dir(stage: str, name: str, root: str | os.PathLike = "runs") -> 
     return path
 
 
+#: What a Lightning checkpoint needs to continue training (a slim one has none of them).
+RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "global_step")
+
+
+def check_resumable(path: Path) -> None:
+    """UserError unless ``path`` is a whole Lightning training checkpoint: readable (not empty,
+    truncated, corrupt or holding code), a file, and with optimizer and loop state (``iss3d
+    slim`` drops them). Read with ``weights_only=True``; checked before the run folder is
+    touched."""
+    from iss3d.models.checkpoints import safe_load
+
+    ckpt = safe_load(path, what="training checkpoint")
+    missing = [k for k in RESUME_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(
+            f"--resume: {path} cannot continue training (no {', '.join(missing)}; a slim or "
+            "foreign checkpoint); move it away to start again"
+        )
+
+
 class RunDir:
     """One run's folder. Create with :meth:`prepare` after every other check has passed.
 
@@ -250,7 +270,11 @@ class RunDir:
                 )
         elif p.is_dir() and any(p.iterdir()):
             raise UserError(f"--resume: {p} has no {self.CONFIG}; is it a run folder?")
-        return self.last_checkpoint if self.last_checkpoint.is_file() else None
+        last = self.last_checkpoint
+        if not (last.exists() or last.is_symlink()):
+            return None
+        check_resumable(last)
+        return last
 
     def create(self, config: Mapping[str, Any], command: str) -> None:
         """Make the folder and write ``config.yaml`` and ``command.txt`` (atomically).
