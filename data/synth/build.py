@@ -47,6 +47,13 @@ class SynthConfig:
                 )
         if self.res < 8 or self.res > 1024:
             raise UserError(f"--res must be between 8 and 1024 pixels, got {self.res}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if self.objects > 1_000_000 or self.views > 1000:
+            raise UserError(
+                f"--objects (up to 1000000) and --views (up to 1000) too large: {self.objects} x "
+                f"{self.views}"
+            )
         if self.distance <= 0.9:
             raise UserError(f"--distance must exceed 0.9 (outside the object), got {self.distance}")
         if self.surface_points < 2048:

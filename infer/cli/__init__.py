@@ -30,8 +30,16 @@ from iss3d.infer.cli import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``iss3d: error: <message> (see iss3d <command> -h)``,
+    exit status 2 (sub-command parsers are made of the same class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"iss3d: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iss3d",
         description="Text to coloured 3D shapes the ISS way: train, generate, evaluate",
     )

@@ -132,6 +132,10 @@ def _sheet(args) -> int:
         )
     if args.objects <= 0 or args.views <= 0:
         raise UserError("--objects and --views must be positive")
+    if args.objects > 1000 or args.views > 100:
+        raise UserError("--objects (up to 1000) and --views (up to 100) too large for one sheet")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     with MultiViewFile(args.file) as mv:
         objects = pick_objects(mv, args.objects, args.split, args.seed)
         if len(objects) == 0:

@@ -44,8 +44,8 @@ def _gallery(args: argparse.Namespace) -> int:
     from iss3d.core.atomic import atomic_output
     from iss3d.data.images import labelled_grid
 
-    if args.frames < 1:
-        raise UserError(f"--frames must be positive, got {args.frames}")
+    if not 1 <= args.frames <= 360:
+        raise UserError(f"--frames must be between 1 and 360, got {args.frames}")
     rows = [turntable_row(run, args.frames) for run in args.runs]
     sheet = labelled_grid(rows, cell=96)
     with atomic_output(args.out) as tmp:

@@ -75,9 +75,15 @@ def typed_command(head: list[str], args: argparse.Namespace, flags: tuple[str, .
     return shlex.join(parts + list(args.overrides))
 
 
+#: Upper bounds of the loop flags: --res 1024 (a 4-view step at 1024 px marches 4M rays),
+#: --views 256, --steps 100000, --samples 1000.
+LOOP_LIMITS = {"res": 1024, "views": 256, "steps": 100_000, "samples": 1000}
+
+
 def check_loop_flags(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
     """The numbers of a generate / stylize command line: each of ``positive`` that is set is
-    > 0, ``--res`` >= 8, ``--seed`` >= 0, ``--device`` known. Raises UserError."""
+    > 0 and at most its :data:`LOOP_LIMITS` bound (what a CPU's memory and a run's time can
+    hold), ``--res`` >= 8, ``--seed`` >= 0, ``--device`` known. Raises UserError."""
     from iss3d.core.device import check_device_name
     from iss3d.core.errors import UserError
 
@@ -85,6 +91,9 @@ def check_loop_flags(args: argparse.Namespace, positive: tuple[str, ...]) -> Non
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
+        limit = LOOP_LIMITS.get(name)
+        if value is not None and limit is not None and value > limit:
+            raise UserError(f"--{name} must be at most {limit}, got {value}")
     if args.res is not None and args.res < 8:
         raise UserError(f"--res must be at least 8 pixels, got {args.res}")
     if args.seed < 0:
