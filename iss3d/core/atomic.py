@@ -4,6 +4,7 @@ write strict JSON (``null`` where a number is NaN or infinite, never ``NaN`` / `
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -19,8 +20,35 @@ from iss3d.core.errors import UserError
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A unique temporary path in the same folder as ``path`` (so a rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    """A unique temporary path in the same folder as ``path`` (so a rename is atomic), named
+    ``.<name>.tmp-<pid>-<random>``; leftovers of processes that no longer exist (killed with
+    SIGKILL, a lost machine) are removed first."""
+    remove_stale_temporaries(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.<name>.tmp-<pid>-*`` siblings of ``path`` whose process is gone on this
+    machine."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*-*"):
+        pid = leftover.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_output_folder(folder: Path) -> None:
@@ -65,9 +93,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
-            final.rmdir()
-        os.replace(tmp, final)
+        try:
+            if final.exists():
+                final.rmdir()
+            os.replace(tmp, final)
+        except OSError:
+            raise UserError(
+                f"{final}: another run wrote it while this one ran; that run's outputs are kept, "
+                "this one's were discarded"
+            ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
