@@ -6,6 +6,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -85,7 +86,7 @@ class MultiViewFile:
         self.width = int(f.attrs["width"])
         self.pixel_convention = _str(f.attrs["pixel_convention"])
         self.has_depth = bool(f.attrs["has_depth"])
-        self.info = json.loads(_str(f.attrs.get("info", "{}")))
+        self.info = parse_json(_str(f.attrs.get("info", "{}")), self.path, "attribute info")
         obj = f["objects"]
         self.object_ids = _strings(obj["object_id"])
         self.categories = _strings(obj["category"])
@@ -171,7 +172,7 @@ class MultiViewFile:
         return np.flatnonzero(self.splits[self.view_object] == split)
 
     def meta(self, obj: int) -> dict:
-        return json.loads(self._meta_json[obj])
+        return parse_json(self._meta_json[obj], self.path, f"objects/meta[{obj}]")
 
     @cached_property
     def category_names(self) -> list[str]:
@@ -251,6 +252,16 @@ class MultiViewFile:
             surface=self.read_surface(obj),
             input_views=self.read_input_views(obj),
         )
+
+
+def parse_json(text: str, path: Path, where: str) -> Any:
+    """``text`` (a JSON attribute or row of ``path``) parsed; UserError naming ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{path}: {where} is not valid JSON ({err.msg} at char {err.pos})"
+        ) from None
 
 
 def _str(value) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 from iss3d.core.errors import UserError
 from iss3d.data import schema
 from iss3d.data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
-from iss3d.data.reader import check_header, open_h5
+from iss3d.data.reader import check_header, open_h5, parse_json
 from iss3d.data.records import SPLITS
 
 BLOCK = 256  # views read per step when scanning images
@@ -69,9 +69,16 @@ def _check(f: h5py.File, path: Path) -> dict:
         _expect_shape(path, objects[name], (o,))
     _expect_shape(path, objects["scale_mat"], (o, 4, 4))
 
+    declared = int(f.attrs.get("num_objects", o))
+    if declared != o:
+        _fail(path, "attribute num_objects", f"is {declared}, but objects/ holds {o}")
     ids = objects["object_id"].asstr()[:]
     if len(set(ids)) != len(ids):
         _fail(path, "objects/object_id", "has duplicate ids")
+    info = f.attrs.get("info", "{}")
+    parse_json(info.decode() if isinstance(info, bytes) else str(info), path, "attribute info")
+    for i, text in enumerate(objects["meta"].asstr()[:]):
+        parse_json(text, path, f"objects/meta[{i}] (object {ids[i]})")
     splits = objects["split"].asstr()[:]
     bad = [s for s in splits if s not in SPLITS]
     if bad:

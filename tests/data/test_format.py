@@ -214,3 +214,29 @@ def test_check_reads_every_image_chunk(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"f\.h5: unreadable data"):
         check_file(path)
+
+
+def test_check_and_reader_refuse_bad_metadata(tmp_path):
+    """num_objects that disagrees with objects/, and JSON that does not parse: `data check`
+    fails, and the reader (every command) says which attribute or row, in one line."""
+    from iss3d.data.reader import MultiViewFile
+
+    path = write(tmp_path / "n.h5", [make_record(0), make_record(1)])
+    with h5py.File(path, "a") as f:
+        f.attrs["num_objects"] = 3
+    with pytest.raises(UserError, match="attribute num_objects is 3, but objects/ holds 2"):
+        check_file(path)
+    path = write(tmp_path / "i.h5", [make_record(0)])
+    with h5py.File(path, "a") as f:
+        f.attrs["info"] = "{not json"
+    for read in (check_file, MultiViewFile):
+        with pytest.raises(UserError, match="attribute info is not valid JSON") as info:
+            read(path)
+        assert "\n" not in str(info.value)
+    path = write(tmp_path / "m.h5", [make_record(0), make_record(1)])
+    with h5py.File(path, "a") as f:
+        f["objects/meta"][1] = "[1, 2"
+    with pytest.raises(UserError, match=r"objects/meta\[1\] \(object obj-1\) is not valid JSON"):
+        check_file(path)
+    with pytest.raises(UserError, match=r"objects/meta\[1\] is not valid JSON"):
+        MultiViewFile(path).meta(1)
