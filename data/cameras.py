@@ -154,6 +154,21 @@ def rays(xy: torch.Tensor, world_mat, camera_mat, scale_mat) -> tuple[torch.Tens
     return origin, points - origin
 
 
+def first_invalid_matrix(mats: np.ndarray, *, affine: bool = True) -> tuple[int, str] | None:
+    """(index, why) of the first unusable matrix of (N, 4, 4) ``mats`` (see
+    :func:`is_valid_matrix`), or None when all are fine; vectorised over N."""
+    mats = np.asarray(mats, dtype=np.float64)
+    bad = ~np.isfinite(mats).all(axis=(1, 2))
+    finite = np.where(bad[:, None, None], np.eye(4), mats)
+    bad |= np.linalg.cond(finite) > 1e12
+    if affine:
+        bad |= ~np.isclose(finite[:, 3], [0.0, 0.0, 0.0, 1.0], atol=1e-6).all(axis=1)
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return i, is_valid_matrix(mats[i], affine=affine)
+
+
 def is_valid_matrix(mat: np.ndarray, *, affine: bool = True) -> str | None:
     """Why a (4, 4) camera matrix is unusable, or None when it is fine."""
     mat = np.asarray(mat, dtype=np.float64)

@@ -14,6 +14,7 @@ import numpy as np
 from iss3d.core.errors import UserError
 from iss3d.core.paths import input_file
 from iss3d.data import schema
+from iss3d.data.cameras import first_invalid_matrix
 from iss3d.data.records import (
     InputViews,
     ObjectRecord,
@@ -105,6 +106,10 @@ class MultiViewFile:
         self.world_mats = views["world_mat"][:]
         self.camera_mats = views["camera_mat"][:]
         self.view_object = views["object_index"][:]
+        check_camera_tables(
+            self.path, self.object_ids, self.view_offset, self.world_mats, self.camera_mats,
+            self.scale_mats,
+        )  # fmt: skip
         self.has_occupancy = "eval" in f and "occ_points" in f["eval"]
         self.has_surface = "eval" in f and "surface_points" in f["eval"]
         self.occ_uniform_count = (
@@ -252,6 +257,29 @@ class MultiViewFile:
             surface=self.read_surface(obj),
             input_views=self.read_input_views(obj),
         )
+
+
+def check_camera_tables(
+    path: Path,
+    ids: np.ndarray,
+    view_offset: np.ndarray,
+    world_mats: np.ndarray,
+    camera_mats: np.ndarray,
+    scale_mats: np.ndarray,
+) -> None:
+    """UserError naming the first unusable camera matrix (NaN, infinite, singular, or a
+    world_mat whose last row is not [0, 0, 0, 1]) and its object: (N, 4, 4) view matrices,
+    (O, 4, 4) scale matrices, (O,) ids and view offsets. Every reader of a file checks this."""
+    for name, mats in (("world_mat", world_mats), ("camera_mat", camera_mats)):
+        found = first_invalid_matrix(mats, affine=name == "world_mat")
+        if found:
+            i, problem = found
+            owner = ids[np.searchsorted(view_offset, i, "right") - 1]
+            raise UserError(f"{path}: views/{name}[{i}] (object {owner}) {problem}")
+    found = first_invalid_matrix(scale_mats)
+    if found:
+        i, problem = found
+        raise UserError(f"{path}: objects/scale_mat[{i}] (object {ids[i]}) {problem}")
 
 
 def parse_json(text: str, path: Path, where: str) -> Any:

@@ -11,8 +11,8 @@ import numpy as np
 
 from iss3d.core.errors import UserError
 from iss3d.data import schema
-from iss3d.data.cameras import PIXEL_CONVENTIONS, is_valid_matrix
-from iss3d.data.reader import check_header, open_h5, parse_json
+from iss3d.data.cameras import PIXEL_CONVENTIONS
+from iss3d.data.reader import check_camera_tables, check_header, open_h5, parse_json
 from iss3d.data.records import SPLITS
 
 BLOCK = 256  # views read per step when scanning images
@@ -94,19 +94,9 @@ def _check(f: h5py.File, path: Path) -> dict:
     if (c_count < 0).any() or (c_offset + c_count > n_captions).any():
         _fail(path, "objects/caption_offset", "points outside captions")
 
-    for name in schema.VIEW_MATRIX_DATASETS:
-        for i, mat in enumerate(views[name][:]):
-            problem = is_valid_matrix(mat, affine=name == "world_mat")
-            if problem:
-                _fail(
-                    path,
-                    f"views/{name}[{i}] (object {ids[np.searchsorted(offset, i, 'right') - 1]})",
-                    problem,
-                )
-    for i, mat in enumerate(objects["scale_mat"][:]):
-        problem = is_valid_matrix(mat)
-        if problem:
-            _fail(path, f"objects/scale_mat[{i}] (object {ids[i]})", problem)
+    check_camera_tables(
+        path, ids, offset, views["world_mat"][:], views["camera_mat"][:], objects["scale_mat"][:]
+    )
 
     for start, stop in _blocks(n):
         mask = views["mask"][start:stop]

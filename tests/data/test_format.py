@@ -240,3 +240,23 @@ def test_check_and_reader_refuse_bad_metadata(tmp_path):
         check_file(path)
     with pytest.raises(UserError, match=r"objects/meta\[1\] is not valid JSON"):
         MultiViewFile(path).meta(1)
+
+
+def test_every_reader_refuses_what_check_refuses(tmp_path, capsys):
+    """NaN cameras: `data check`, the reader and `fit svr` (which trained on them) all stop
+    with the same line, before a run folder exists."""
+    from iss3d.data.reader import MultiViewFile
+    from iss3d.infer.cli import main
+
+    path = write(tmp_path / "f.h5", [make_record(0), make_record(1)])
+    with h5py.File(path, "a") as f:
+        f["views/camera_mat"][3] = np.full((4, 4), np.nan, np.float32)
+    message = r"views/camera_mat\[3\] \(object obj-1\) contains NaN"
+    for read in (check_file, MultiViewFile):
+        with pytest.raises(UserError, match=message):
+            read(path)
+    out = tmp_path / "run"
+    argv = ["fit", "svr", "--config", "svr/tiny", "--data", str(path), "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "views/camera_mat[3] (object obj-1) contains NaN" in capsys.readouterr().err
+    assert not out.exists()
