@@ -51,11 +51,44 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _check_output_folder(folder: Path) -> None:
+#: Bytes of a name the temporary sibling adds (".", ".tmp-<pid>-<8 hex>").
+_TEMP_SUFFIX = 32
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, if an output can be written there: a name the file system takes
+    (with room for the temporary sibling's suffix) in an existing, writable folder. For checking
+    a command's outputs before its work.
+
+    Raises:
+        UserError: the name is too long, the folder does not exist or is not writable.
+    """
+    final = Path(path)
+    folder = final.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255
+    except OSError:
+        limit = 255
+    size = len(os.fsencode(final.name))
+    if size + _TEMP_SUFFIX > limit:
+        raise UserError(
+            f"{str(final)[:60]}...: file name too long ({size} bytes; at most "
+            f"{limit - _TEMP_SUFFIX} here)"
+        )
     if not folder.is_dir():
         raise UserError(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK):
         raise UserError(f"{folder}: output folder is not writable")
+    return final
+
+
+def _created(make, final: Path) -> None:
+    """Run ``make()`` (creating the temporary sibling); an OSError (a file system that refuses
+    files, like /proc) is a UserError naming ``final``."""
+    try:
+        make()
+    except OSError as err:
+        raise UserError(f"{final}: cannot write here ({err.strerror or err})") from None
 
 
 @contextlib.contextmanager
@@ -65,11 +98,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     On any exception (including KeyboardInterrupt) the temporary file is removed and
     ``path`` is left untouched, so no half-written output ever appears under its name.
     """
-    final = Path(path)
+    final = check_output_path(path)
     if final.is_dir():
         raise UserError(f"{final}: is a folder, expected a file path")
-    _check_output_folder(final.parent)
     tmp = temporary_sibling(final)
+    _created(tmp.touch, final)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -85,12 +118,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` must not exist, or be an empty folder. On any exception the temporary folder and
     everything in it are removed, so a half-finished set of outputs never appears.
     """
-    final = Path(path)
+    final = check_output_path(path)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise UserError(f"{final}: already exists and is not an empty folder")
-    _check_output_folder(final.parent)
     tmp = temporary_sibling(final)
-    tmp.mkdir()
+    _created(tmp.mkdir, final)
     try:
         yield tmp
         try:

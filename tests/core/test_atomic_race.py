@@ -47,3 +47,17 @@ def test_leftovers_of_dead_processes_are_removed(tmp_path):
         tmp.write_text("{}")
     assert not stale_file.exists() and (tmp_path / "r.json").read_text() == "{}"
     assert f".out.tmp-{os.getpid()}-" in temporary_sibling(out).name
+
+
+def test_outputs_the_file_system_refuses_are_one_line(tmp_path, capsys):
+    from iss3d.infer.cli import main
+
+    long = tmp_path / ("x" * 300)
+    with pytest.raises(UserError, match="file name too long"):
+        atomic_directory(long).__enter__()
+    if os.path.isdir("/proc"):
+        with pytest.raises(UserError, match=r"/proc/x\.h5: cannot write here"):
+            atomic_output("/proc/x.h5").__enter__()
+    assert main(["generate", "a red chair", "--out", str(long), "--no-progress"]) == 2
+    assert "file name too long" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
