@@ -44,6 +44,7 @@ __all__ = [
     "EIDModel",
     "SVRModel",
     "Stage1Model",
+    "check_checkpoint",
     "import_iss_checkpoint",
     "load_clip",
     "load_eid",
@@ -123,7 +124,7 @@ def read_card(ckpt: Any, path: Path, kind: Kind) -> ArchitectureCard:
         if stored is not None:
             card = ArchitectureCard.from_dict(stored)
         else:
-            card = _card_from_hyper_parameters(ckpt.get("hyper_parameters"), kind)
+            card = _card_from_hyper_parameters(ckpt.get("hyper_parameters"))
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     if card is None or card.kind != kind:
@@ -132,9 +133,29 @@ def read_card(ckpt: Any, path: Path, kind: Kind) -> ArchitectureCard:
     return card
 
 
-def _card_from_hyper_parameters(hp: Any, kind: Kind) -> ArchitectureCard | None:
+def check_checkpoint(path: str | os.PathLike) -> ArchitectureCard:
+    """Load the model a training checkpoint of any kind holds (SVR, stage 1, E_I + D), as a
+    check that every tensor has its module's shape; returns its card.
+
+    Raises:
+        UserError: unreadable, not an iss3d training checkpoint, or a missing, unexpected or
+            wrongly shaped tensor.
+    """
+    path = Path(path)
+    ckpt = safe_load(path, what="checkpoint")
+    stored = ckpt.get("architecture") if isinstance(ckpt, dict) else None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    card = ArchitectureCard.from_dict(stored) if stored else _card_from_hyper_parameters(hp)
+    if card is None:
+        raise UserError(f"{path}: not an iss3d training checkpoint (of fit svr, stage1 or eid)")
+    load = {"svr": load_svr, "stage1": load_stage1, "ei-d": load_eid}[card.kind]
+    load(path)
+    return card
+
+
+def _card_from_hyper_parameters(hp: Any) -> ArchitectureCard | None:
     """The card of a checkpoint written before cards, from its configs' architecture sections
-    (None when ``hp`` is not what ``iss3d fit <kind>`` wrote)."""
+    (None when ``hp`` is not what an ``iss3d fit`` command wrote); the kind is read off them."""
     if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict):
         return None
     config = hp["config"]

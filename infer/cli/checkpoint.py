@@ -41,7 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _slim(args: argparse.Namespace) -> int:
     from iss3d.models.checkpoints import slim_checkpoint
+    from iss3d.models.loaders import check_checkpoint
 
+    check_checkpoint(args.checkpoint)  # every tensor fits its module, before anything is written
     sizes = slim_checkpoint(args.checkpoint, args.out, half=args.half)
     print(
         f"{args.out}: {sizes['tensors']} tensors, {sizes['bytes_out'] / 1e6:.1f} MB "

@@ -41,3 +41,15 @@ def test_slim_rejects_a_non_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not an iss3d training checkpoint" in err
     assert not out.exists()
+
+
+def test_slim_refuses_a_wrong_shaped_tensor(svr_ckpt, tmp_path, capsys):
+    ckpt = torch.load(svr_ckpt, weights_only=True)
+    ckpt["state_dict"]["decoder.fc_p.weight"] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ckpt, bad)
+    out = tmp_path / "out.pt"
+    assert main(["slim", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "decoder.fc_p.weight" in err
+    assert not out.exists()
