@@ -15,6 +15,8 @@ from tests.fixtures.cli import error_line
         (["data", "synth", "--out", "{tmp}/w.h5", "--seed", "-1"], "--seed"),
         (["data", "synth", "--out", "{tmp}/w.h5", "--objects", "10000000"], "--objects"),
         (["data", "synth", "--out", "{tmp}/w.h5", "--res", "100000"], "--res"),
+        (["data", "synth", "--out", "{tmp}/w.h5", "--distance", "nan"], "--distance"),
+        (["data", "synth", "--out", "{tmp}/w.h5", "--distance", "inf"], "--distance"),
         (["data", "sheet", "{tmp}/w.h5", "-o", "{tmp}/s.png", "--seed", "-1"], "--seed"),
         (["generate", "a red chair", "--res", "100000", "--out", "{tmp}/o"], "--res"),
         (["generate", "a red chair", "--steps", "10000000", "--out", "{tmp}/o"], "--steps"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -54,8 +55,11 @@ class SynthConfig:
                 f"--objects (up to 1000000) and --views (up to 1000) too large: {self.objects} x "
                 f"{self.views}"
             )
-        if self.distance <= 0.9:
+        if not self.distance > 0.9 or not math.isfinite(self.distance):  # NaN fails both
             raise UserError(f"--distance must exceed 0.9 (outside the object), got {self.distance}")
+        for name in ("elevation_min", "elevation_max", "focal", "val_fraction", "test_fraction"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.surface_points < 2048:
             raise UserError(f"--surface-points must be at least 2048, got {self.surface_points}")
         if not 0 <= self.val_fraction + self.test_fraction < 1:
