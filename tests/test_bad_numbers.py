@@ -36,3 +36,23 @@ def test_absurd_numbers_are_one_line(argv, flag, tmp_path, capsys):
     assert code == 2
     assert flag in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "{ckpt}", "--image", "{img}", "--out", "{tmp}/missing/out"],
+        ["eval", "svr", "{ckpt}", "--data", "{tmp}/w.h5", "--out", "{tmp}/missing/r.json"],
+        ["eval", "stage1", "{ckpt}", "--data", "{tmp}/w.h5", "--out", "{tmp}/missing/r.json"],
+        ["eval", "clip", "clip/tiny-64", "--data", "{tmp}/w.h5", "--out", "{tmp}/missing/r.json"],
+    ],
+)
+def test_outputs_are_checked_before_the_work(argv, tmp_path, capsys):
+    """An --out whose folder does not exist fails first, naming it (not after the model ran;
+    the data file named here does not exist either, so any work would fail differently)."""
+    from pathlib import Path
+
+    ckpt = Path(__file__).parent / "fixtures" / "old_layout" / "svr.ckpt"
+    argv = [a.format(tmp=tmp_path, ckpt=ckpt, img=tmp_path / "i.png") for a in argv]
+    assert main(argv) == 2
+    assert "missing: output folder does not exist" in error_line(capsys)

@@ -33,13 +33,15 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_clip(args) -> int:
-    from iss3d.core.atomic import write_json_report
+    from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
     from iss3d.models.clip import load_clip
     from iss3d.train.clip import zero_shot_accuracy
 
+    if args.out:
+        check_output_path(args.out)  # before the work, not after it
     for name in ("views", "max_objects", "batch_size"):
         value = getattr(args, name)
         if value is not None and value <= 0:

@@ -32,13 +32,15 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_stage1(args) -> int:
-    from iss3d.core.atomic import write_json_report
+    from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.infer.stage1_eval import evaluate_stage1
 
     if args.n_steps < 2 or args.render_objects < 0:
         raise UserError("--n-steps must be at least 2 and --render-objects at least 0")
+    if args.out:
+        check_output_path(args.out)  # before the work, not after it
     if not args.checkpoint.is_file():
         raise UserError(f"{args.checkpoint}: no such file")
     device, note = resolve_device(args.device)

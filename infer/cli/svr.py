@@ -47,7 +47,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_svr(args) -> int:
-    from iss3d.core.atomic import write_json_report
+    from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
@@ -56,6 +56,8 @@ def _eval_svr(args) -> int:
 
     if args.input_views <= 0 or args.n_steps <= 1:
         raise UserError("--input-views must be positive and --n-steps at least 2")
+    if args.out:
+        check_output_path(args.out)  # before the work, not after it
     device, note = resolve_device(args.device)
     model = load_svr(args.checkpoint, device)
     with MultiViewFile(args.data) as mv:
@@ -83,7 +85,7 @@ def _export(args) -> int:
     import torch
     from PIL import Image
 
-    from iss3d.core.atomic import atomic_directory, write_json
+    from iss3d.core.atomic import atomic_directory, check_output_path, write_json
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
@@ -97,6 +99,9 @@ def _export(args) -> int:
 
     if args.resolution < 8 or args.turntable_views <= 0:
         raise UserError("--resolution must be at least 8 and --turntable-views positive")
+    out = check_output_path(args.out)  # before minutes of meshing, not after
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists and is not an empty folder")
     device, note = resolve_device(args.device)
     model = load_svr(args.checkpoint, device)
     if args.image is not None:
