@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import torch
 
 from iss3d.core.errors import UserError
 from iss3d.data.reader import MultiViewFile
-from iss3d.models.checkpoints import safe_load
-from iss3d.models.loaders import SVRModel, load_stage1, load_stage1_encoder
+from iss3d.models.loaders import SVRModel, load_stage1, load_stage1_encoder, read_checkpoint
 
 __all__ = ["evaluate_stage1"]
 
@@ -57,9 +55,10 @@ def evaluate_stage1(
     from iss3d.train.stage1 import Stage1Config, Stage1System, check_dimensions
 
     device = torch.device(device)
-    model = load_stage1(checkpoint)
-    svr = SVRModel(load_stage1_encoder(checkpoint, model.card), model.decoder, model.card)
-    hp = safe_load(Path(checkpoint), what="stage-1 checkpoint").get("hyper_parameters") or {}
+    ck = read_checkpoint(checkpoint, "stage1")
+    model = load_stage1(ck)
+    svr = SVRModel(load_stage1_encoder(ck), model.decoder, model.card)
+    hp = ck.data.get("hyper_parameters") or {}
     if not isinstance(hp.get("config"), dict):
         raise UserError(
             f"{checkpoint}: holds no stage-1 training config (written by `iss3d fit stage1`)"

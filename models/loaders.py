@@ -41,6 +41,7 @@ from iss3d.models.pointnet import PointNetCls, PointNetInfo, map_pointnet_key
 
 __all__ = [
     "ArchitectureCard",
+    "Checkpoint",
     "EIDModel",
     "SVRModel",
     "Stage1Model",
@@ -53,6 +54,7 @@ __all__ = [
     "load_stage1_encoder",
     "load_svr",
     "read_card",
+    "read_checkpoint",
 ]
 
 #: The card layout version written by :meth:`ArchitectureCard.to_checkpoint`.
@@ -133,6 +135,45 @@ def read_card(ckpt: Any, path: Path, kind: Kind) -> ArchitectureCard:
     return card
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint read once: ``data`` as ``torch.load`` gave it, its ``card`` and ``path``.
+    Every ``load_*`` below takes one in place of a path, so a file read for one purpose is not
+    read again for another."""
+
+    path: Path
+    data: dict
+    card: ArchitectureCard
+
+
+def read_checkpoint(path: str | os.PathLike, kind: Kind | None = None) -> Checkpoint:
+    """Read ``path`` and its card; ``kind``: the kind it must be (None: SVR, stage 1 or
+    E_I + D, whichever it is).
+
+    Raises:
+        UserError: unreadable, not an iss3d checkpoint (of ``kind``), or an unreadable card.
+    """
+    path = Path(path)
+    if kind is not None:
+        data = safe_load(path, what=_WHAT[kind])
+        return Checkpoint(path, data, read_card(data, path, kind))
+    data = safe_load(path, what="checkpoint")
+    card = None
+    if isinstance(data, dict) and "state_dict" in data:
+        stored = data.get("architecture")
+        try:
+            card = (
+                ArchitectureCard.from_dict(stored)
+                if stored is not None
+                else _card_from_hyper_parameters(data.get("hyper_parameters"))
+            )
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+    if card is None:
+        raise UserError(f"{path}: not an iss3d training checkpoint (of fit svr, stage1 or eid)")
+    return Checkpoint(path, data, card)
+
+
 def check_checkpoint(path: str | os.PathLike) -> ArchitectureCard:
     """Load the model a training checkpoint of any kind holds (SVR, stage 1, E_I + D), as a
     check that every tensor has its module's shape; returns its card.
@@ -141,16 +182,10 @@ def check_checkpoint(path: str | os.PathLike) -> ArchitectureCard:
         UserError: unreadable, not an iss3d training checkpoint, or a missing, unexpected or
             wrongly shaped tensor.
     """
-    path = Path(path)
-    ckpt = safe_load(path, what="checkpoint")
-    stored = ckpt.get("architecture") if isinstance(ckpt, dict) else None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    card = ArchitectureCard.from_dict(stored) if stored else _card_from_hyper_parameters(hp)
-    if card is None:
-        raise UserError(f"{path}: not an iss3d training checkpoint (of fit svr, stage1 or eid)")
-    load = {"svr": load_svr, "stage1": load_stage1, "ei-d": load_eid}[card.kind]
-    load(path)
-    return card
+    checkpoint = read_checkpoint(path)
+    load = {"svr": load_svr, "stage1": load_stage1, "ei-d": load_eid}[checkpoint.card.kind]
+    load(checkpoint)
+    return checkpoint.card
 
 
 def _card_from_hyper_parameters(hp: Any) -> ArchitectureCard | None:
@@ -193,10 +228,14 @@ def _int_or_none(value: Any) -> int | None:
     return int(value) if value is not None else None
 
 
-def _read(path: str | os.PathLike, kind: Kind) -> tuple[dict, ArchitectureCard, Path]:
-    path = Path(path)
-    ckpt = safe_load(path, what=_WHAT[kind])
-    return ckpt, read_card(ckpt, path, kind), path
+def _checkpoint(source: str | os.PathLike | Checkpoint, kind: Kind) -> Checkpoint:
+    """``source`` read as a checkpoint of ``kind``, or checked to be one when already read."""
+    if not isinstance(source, Checkpoint):
+        return read_checkpoint(source, kind)
+    if source.card.kind != kind:
+        found = _WHAT[source.card.kind]
+        raise UserError(f"{source.path}: not an iss3d {_WHAT[kind]} (a {found})")
+    return source
 
 
 # -- the models ----------------------------------------------------------------------------------
@@ -223,16 +262,19 @@ class SVRModel:
         return self.encoder(images)
 
 
-def load_svr(path: str | os.PathLike, device: str | torch.device = "cpu") -> SVRModel:
+def load_svr(
+    source: str | os.PathLike | Checkpoint, device: str | torch.device = "cpu"
+) -> SVRModel:
     """E_S + D from a checkpoint of ``iss3d fit svr`` (or its ``iss3d slim`` copy).
 
     Raises:
         UserError: missing / unreadable file, not an SVR checkpoint, bad keys or shapes.
     """
-    ckpt, card, path = _read(path, "svr")
+    ck = _checkpoint(source, "svr")
+    card = ck.card
     encoder, decoder = card.encoder.build(), card.decoder.build()
-    load_prefixed(encoder, ckpt["state_dict"], "encoder.", path)
-    load_prefixed(decoder, ckpt["state_dict"], "decoder.", path)
+    load_prefixed(encoder, ck.data["state_dict"], "encoder.", ck.path)
+    load_prefixed(decoder, ck.data["state_dict"], "decoder.", ck.path)
     return SVRModel(encoder.to(device).eval(), decoder.to(device).eval(), card)
 
 
@@ -278,7 +320,9 @@ class Stage1Model:
         return self.mapper(features)
 
 
-def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> Stage1Model:
+def load_stage1(
+    source: str | os.PathLike | Checkpoint, device: str | torch.device = "cpu"
+) -> Stage1Model:
     """M + D from a checkpoint of ``iss3d fit stage1`` (or ``iss3d slim`` / ``import-iss``).
 
     Needs nothing else: the SVR checkpoint and the dataset it was trained from need not exist.
@@ -286,21 +330,21 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     Raises:
         UserError: missing / unreadable file, not a stage-1 checkpoint, bad keys or shapes.
     """
-    ckpt, card, path = _read(path, "stage1")
+    ck = _checkpoint(source, "stage1")
+    card = ck.card
     mapper, decoder = card.mapper.build(), card.decoder.build()
-    load_prefixed(mapper, ckpt["state_dict"], "mapper.", path)
-    load_prefixed(decoder, ckpt["state_dict"], "decoder.", path)
+    load_prefixed(mapper, ck.data["state_dict"], "mapper.", ck.path)
+    load_prefixed(decoder, ck.data["state_dict"], "decoder.", ck.path)
     return Stage1Model(mapper.to(device).eval(), decoder.to(device).eval(), card)
 
 
-def load_stage1_encoder(path: str | os.PathLike, card: ArchitectureCard) -> nn.Module:
+def load_stage1_encoder(source: str | os.PathLike | Checkpoint) -> nn.Module:
     """E_S (frozen during stage 1) from a stage-1 checkpoint that stores it, in eval mode."""
-    path = Path(path)
-    if card.encoder is None:
-        raise UserError(f"{path}: holds no image encoder (converted checkpoints keep M and D)")
-    encoder = card.encoder.build()
-    state = safe_load(path, what="stage-1 checkpoint")["state_dict"]
-    load_prefixed(encoder, state, "encoder.", path)
+    ck = _checkpoint(source, "stage1")
+    if ck.card.encoder is None:
+        raise UserError(f"{ck.path}: holds no image encoder (converted checkpoints keep M and D)")
+    encoder = ck.card.encoder.build()
+    load_prefixed(encoder, ck.data["state_dict"], "encoder.", ck.path)
     return encoder.eval()
 
 
@@ -317,19 +361,23 @@ class EIDModel:
     clip_embed_dim: int
 
 
-def load_eid(path: str | os.PathLike, device: str | torch.device = "cpu") -> EIDModel:
+def load_eid(
+    source: str | os.PathLike | Checkpoint, device: str | torch.device = "cpu"
+) -> EIDModel:
     """D of a checkpoint written by ``iss3d fit eid``.
 
     Raises:
         UserError: missing / unreadable file, not an E_I + D checkpoint, bad keys or shapes, a
             decoder whose c_dim is not the CLIP feature size.
     """
-    ckpt, card, path = _read(path, "ei-d")
+    ck = _checkpoint(source, "ei-d")
+    card = ck.card
     decoder = card.decoder.build()
-    load_prefixed(decoder, ckpt["state_dict"], "decoder.", path)
+    load_prefixed(decoder, ck.data["state_dict"], "decoder.", ck.path)
     if card.decoder.c_dim != card.clip_embed_dim:
         raise UserError(
-            f"{path}: decoder c_dim {card.decoder.c_dim} != CLIP feature size {card.clip_embed_dim}"
+            f"{ck.path}: decoder c_dim {card.decoder.c_dim} != CLIP feature size "
+            f"{card.clip_embed_dim}"
         )
     return EIDModel(decoder.to(device).eval(), card.clip_spec, int(card.clip_embed_dim))
 

@@ -41,7 +41,7 @@ def test_old_layout_stage1_loads_with_its_encoder():
     assert (model.mapper_config.in_dim, model.mapper_config.out_dim) == (128, 16)
     assert model.clip_spec == "models/pretrained/clip.pt" and model.clip_embed_dim == 128
     assert model.latent(torch.randn(3, 128)).shape == (3, 16)
-    encoder = load_stage1_encoder(OLD / "stage1.ckpt", model.card)
+    encoder = load_stage1_encoder(OLD / "stage1.ckpt")
     assert encoder(torch.rand(1, 3, 32, 32)).shape == (1, 16)
 
 
