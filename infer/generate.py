@@ -210,8 +210,7 @@ def _generate(
     timings: dict[str, float] = {}
     with atomic_directory(out) as folder:
         torch.manual_seed(seed)  # random-weight CLIP specs (clip/<name>) draw from it
-        gen = Generator(stage1, clip, device, config=cfg)
-        gen.preset = preset
+        gen = Generator(stage1, clip, device, preset=preset, config=cfg)
         timings["load_models_s"] = gen.load_seconds
         t0 = time.perf_counter()
         gen.guide(prompt)

@@ -81,9 +81,11 @@ class Generator:
         stage1: a stage-1 checkpoint (default: the shipped ``models/pretrained/stage1.ckpt``).
         clip: a CLIP spec (default: ``clip.pt`` beside the checkpoint, else the spec it records).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        preset: a ``configs/generate/`` preset name or YAML path (default ``tiny``).
+        preset: a ``configs/generate/`` preset name or YAML path (default ``tiny``); reports
+            record it.
         overrides: ``key=value`` overrides of the preset (e.g. ``"stage2.steps=10"``).
-        config: a ready :class:`GenerateConfig` instead of preset and overrides.
+        config: a ready :class:`GenerateConfig` instead of preset and overrides (``preset``
+            then only names where it came from; None: not said).
 
     Random-weight CLIP specs (``clip/<name>``) draw from torch's global generator while the
     models load; everything a call draws comes from its own seed.
@@ -97,13 +99,15 @@ class Generator:
         stage1: str | Path | None = None,
         clip: str | None = None,
         device: str = "auto",
-        preset: str = "tiny",
+        preset: str | None = None,
         overrides: list[str] | tuple = (),
         config: GenerateConfig | None = None,
     ):
         t0 = time.perf_counter()
-        self.config = config if config is not None else load_generate_config(preset, overrides)
-        self.preset = None if config is not None else preset
+        if config is None:
+            preset = preset or "tiny"
+            config = load_generate_config(preset, overrides)
+        self.config, self.preset = config, preset
         self.device, note = resolve_device(device)
         stage1 = Path(stage1) if stage1 is not None else None
         self.model, self.stage1, self.clip, self.clip_spec = resolve_models(
