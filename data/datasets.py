@@ -257,37 +257,74 @@ class EpochSampler(Sampler):
         seed: base seed of the permutations.
         advance: move to the next epoch at each pass. False keeps epoch 0 forever (validation:
             the same pixel samples and captions every time).
+        rank, world_size: this process's share of each pass when ``world_size`` processes train
+            together (distributed data parallel): items ``rank, rank + world_size, ...`` of the
+            epoch's order. Every rank draws the same order (same seed and epoch), so the shares
+            are disjoint and cover the epoch.
+        pad: with ``world_size > 1``, repeat items from the start of the order until every rank
+            has ``ceil(size / world_size)`` (training: ranks must take the same number of
+            steps); False: shares differ by at most one item and nothing repeats (validation).
 
     Lightning calls :meth:`set_epoch` before each pass; without it the epoch counts passes.
+    :meth:`skip` starts the next pass part-way (a resumed run).
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0, advance: bool = True):
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool,
+        seed: int = 0,
+        advance: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
         self.size = int(size)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.advance = advance
+        self.rank, self.world_size, self.pad = int(rank), int(world_size), pad
         self._next_epoch = 0
         self._requested: int | None = None
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self._requested = int(epoch)
 
+    @property
+    def upcoming_epoch(self) -> int:
+        """The epoch the next pass will draw."""
+        if not self.advance:
+            return 0
+        return self._requested if self._requested is not None else self._next_epoch
+
+    def skip(self, items: int) -> None:
+        """Leave out the first ``items`` of this rank's next pass (0: a whole pass)."""
+        self._skip = int(items)
+
     def __len__(self) -> int:
-        return self.size
+        if self.world_size == 1:
+            return self.size
+        if self.pad:
+            return -(-self.size // self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if not self.advance:
-            epoch = 0
-        elif self._requested is not None:
-            epoch, self._requested = self._requested, None
-        else:
-            epoch = self._next_epoch
+        epoch = self.upcoming_epoch
+        self._requested = None
         self._next_epoch = epoch + 1
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
         else:
             order = np.arange(self.size)
-        return iter([(int(i), epoch) for i in order])
+        if self.world_size > 1:
+            if self.pad and self.size:
+                order = np.resize(order, len(self) * self.world_size)
+            order = order[self.rank :: self.world_size]
+        skip, self._skip = self._skip, 0
+        return iter([(int(i), epoch) for i in order[skip:]])
 
 
 class ConcatItems(Dataset):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from iss3d.core.config import StrictConfig
@@ -180,14 +181,7 @@ class MultiViewDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         cfg = self.config
-        sampler = EpochSampler(len(dataset), shuffle=train, seed=cfg.seed, advance=train)
-        return DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
-        )
+        return epoch_loader(dataset, cfg.batch_size, train, cfg.seed, cfg.num_workers, self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.training_dataset(), train=True)
@@ -197,6 +191,90 @@ class MultiViewDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset(self.config.test_split), train=False)
+
+
+def epoch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    num_workers: int = 0,
+    trainer=None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A loader of ``(index, epoch)`` items (:class:`EpochSampler`) for this process's share.
+
+    Training (``train``): a new order each epoch, padded so that every rank takes as many steps,
+    in a :class:`ResumableLoader`; else file order, epoch 0, each item on one rank only.
+    """
+    rank, world = trainer_ranks(trainer)
+    sampler = EpochSampler(
+        len(dataset),
+        shuffle=train,
+        seed=seed,
+        advance=train,
+        rank=rank,
+        world_size=world,
+        pad=train,
+    )
+    return (ResumableLoader if train else DataLoader)(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=loader_generator(seed),
+    )
+
+
+def trainer_ranks(trainer) -> tuple[int, int]:
+    """(global rank, world size) of a Lightning trainer's processes; (0, 1) without one."""
+    if trainer is None:
+        return 0, 1
+    return int(trainer.global_rank), int(trainer.world_size)
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The generator a DataLoader draws its worker base seed from at each ``iter()``: its own,
+    so that starting a pass never consumes the global torch RNG (a resumed run starts a pass
+    where the uninterrupted one did not, and must still draw the same training randomness)."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` whose place in the pass goes into checkpoints.
+
+    Lightning saves :meth:`state_dict` (the pass's epoch and the batches it gave out) with its
+    training loop and, when resuming, calls :meth:`load_state_dict` before the first ``iter()``.
+    When Lightning resumes that same epoch (it restores the epoch and calls ``set_epoch``), the
+    pass starts after the batches the interrupted run had read; when it goes on to the next
+    epoch (the checkpoint ended a pass), the pass starts from its beginning. Either way the
+    resumed run reads what the uninterrupted one would have.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, **kwargs):
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._epoch = 0  # the current pass's epoch
+        self._read = 0  # batches the current pass has given out
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self):
+        sampler: EpochSampler = self.sampler
+        self._epoch, self._read = sampler.upcoming_epoch, 0
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == self._epoch:
+            self._read = resume["batches"]
+            sampler.skip(self._read * self.batch_size)
+        for batch in super().__iter__():
+            self._read += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._read}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 def open_extra_files(paths: list[str], file: MultiViewFile) -> list[MultiViewFile]:

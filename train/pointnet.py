@@ -15,6 +15,7 @@ category names, the point count), which ``iss3d evaluate --pointnet`` reads.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from iss3d.core.config import StrictConfig
 from iss3d.core.errors import UserError
 from iss3d.models.pointnet import PointNetCls, normalize_clouds
+from iss3d.train.datamodule import epoch_loader
 from iss3d.train.runs import RunConfig, TrainerConfig
 from iss3d.train.svr import AdamConfig
 
@@ -50,6 +52,7 @@ class PointNetDataConfig:
     batch_size: clouds per step (BatchNorm needs >= 2). train_split, val_split: split names
     (val None: no validation). rotate: random rotation about the up (y) axis;
     jitter: std of Gaussian noise on the normalised points (0: none). num_workers: loaders.
+    seed: base seed of the order, the point subsets, rotations and jitter (per epoch and object).
     """
 
     path: str | None = None
@@ -60,14 +63,15 @@ class PointNetDataConfig:
     rotate: bool = True
     jitter: float = 0.02
     num_workers: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.points < 16:
             raise UserError(f"data config: 'points' must be >= 16, got {self.points}")
         if self.batch_size < 2:
             raise UserError("data config: 'batch_size' must be >= 2 (BatchNorm)")
-        if self.jitter < 0 or self.num_workers < 0:
-            raise UserError("data config: 'jitter' and 'num_workers' must be >= 0")
+        if self.jitter < 0 or self.num_workers < 0 or self.seed < 0:
+            raise UserError("data config: 'jitter', 'num_workers' and 'seed' must be >= 0")
 
 
 @dataclass
@@ -107,25 +111,31 @@ class SurfaceClouds(Dataset):
     def __len__(self) -> int:
         return len(self.objects)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        cloud = torch.from_numpy(self.clouds[i])
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``(index, epoch)`` (what :class:`iss3d.data.datasets.EpochSampler` yields) -> (cloud
+        (points, 3), label). Training draws from ``(seed, epoch, index)`` only; validation takes
+        the same first points every time."""
+        i, epoch = item
+        cloud = self.clouds[i]
         n = self.cfg.points
-        if self.train:
-            pick = (
-                torch.randperm(len(cloud))[:n]
-                if len(cloud) >= n
-                else torch.randint(len(cloud), (n,))
-            )
-        else:  # a fixed subset: validation is deterministic
-            pick = torch.arange(n) % len(cloud)
-        x = normalize_clouds(cloud[pick])
-        if self.train and self.cfg.rotate:
-            a = float(torch.rand(())) * 2 * math.pi
+        if not self.train:
+            return normalize_clouds(
+                torch.from_numpy(cloud[np.arange(n) % len(cloud)])
+            ), self.labels[i]
+        rng = np.random.default_rng([self.cfg.seed, epoch, i])
+        if len(cloud) >= n:
+            pick = rng.permutation(len(cloud))[:n]
+        else:
+            pick = rng.integers(0, len(cloud), n)
+        x = normalize_clouds(torch.from_numpy(cloud[pick]))
+        if self.cfg.rotate:
+            a = float(rng.uniform(0.0, 2 * math.pi))
             ca, sa = math.cos(a), math.sin(a)
             rot = torch.tensor([[ca, 0.0, sa], [0.0, 1.0, 0.0], [-sa, 0.0, ca]])
             x = x @ rot.T
-        if self.train and self.cfg.jitter > 0:
-            x = x + self.cfg.jitter * torch.randn_like(x)
+        if self.cfg.jitter > 0:
+            noise = rng.standard_normal(x.shape).astype(np.float32)
+            x = x + self.cfg.jitter * torch.from_numpy(noise)
         return x, self.labels[i]
 
 
@@ -149,8 +159,10 @@ class PointNetSystem(pl.LightningModule):
         logits = self.model(x).logits
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log(f"{stage}/loss", loss.detach(), prog_bar=stage == "train", batch_size=len(y))
-        self.log(f"{stage}/acc", acc, prog_bar=stage == "val", batch_size=len(y))
+        val = stage == "val"  # averaged over every rank's share of the validation objects
+        log = functools.partial(self.log, batch_size=len(y), sync_dist=val)
+        log(f"{stage}/loss", loss.detach(), prog_bar=not val)
+        log(f"{stage}/acc", acc, prog_bar=val)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -172,17 +184,13 @@ class _Data(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         batch = min(self.cfg.batch_size, len(self.train))
-        return DataLoader(
-            self.train,
-            batch_size=batch,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.cfg.num_workers,
+        return epoch_loader(
+            self.train, batch, True, self.cfg.seed, self.cfg.num_workers, self.trainer, True
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers
+        return epoch_loader(
+            self.val, self.cfg.batch_size, False, self.cfg.seed, self.cfg.num_workers, self.trainer
         )
 
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.callbacks import Callback, WeightAveraging
 
 from iss3d.core.atomic import atomic_output
 from iss3d.core.config import read_yaml
@@ -331,6 +331,74 @@ class WarmupEMA(WeightAveraging):
         return step_idx is not None
 
 
+def capture_random_states() -> dict[str, Any]:
+    """The global random states training draws from (torch CPU and CUDA, numpy, Python), as
+    tensors and numbers that a ``weights_only`` checkpoint load accepts."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, words, py_gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "words": torch.tensor(words), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: Mapping[str, Any]) -> None:
+    """Set the global random states :func:`capture_random_states` gave."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(int(w) for w in p["words"]), p["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RandomStates(Callback):
+    """Random states in checkpoints, and validation that draws none from training's stream.
+
+    A checkpoint holds the global random states as they were when it was written, and a resumed
+    run starts from them, so its steps draw what the uninterrupted run's did (random ray points,
+    crops, noise). Validation runs between the same steps in both, but only in the
+    uninterrupted run after the checkpoint was written: the states are put back after it.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_random_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restore_random_states(state_dict)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._held = capture_random_states()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._held is not None:
+            restore_random_states(self._held)
+            self._held = None
+
+
 def config_callbacks(trainer_cfg: TrainerConfig) -> list[Any]:
     """The Lightning callbacks a trainer config asks for: the weight average of ``ema_decay``."""
     if trainer_cfg.ema_decay is None:
@@ -409,7 +477,7 @@ def make_trainer(
         devices=t.devices,
         precision=resolve_precision(t.precision, t.accelerator),
         logger=loggers,
-        callbacks=[checkpoint, *callbacks, *config_callbacks(t)],
+        callbacks=[checkpoint, RandomStates(), *callbacks, *config_callbacks(t)],
         log_every_n_steps=t.log_every,
         val_check_interval=val_every if val_every > 0 else None,
         check_val_every_n_epoch=None,
@@ -424,6 +492,7 @@ def make_trainer(
 def fit(trainer, system, datamodule, ckpt_path: Path | None) -> None:
     """``trainer.fit`` from ``ckpt_path`` (None: from scratch). Lightning's own interrupt
     handling keeps what was written; the CLI reports an interrupt with its exit code."""
-    trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    ckpt = str(ckpt_path) if ckpt_path else None
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     if getattr(trainer, "interrupted", False):
         raise KeyboardInterrupt

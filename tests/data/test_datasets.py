@@ -236,6 +236,32 @@ def test_epoch_sampler():
     assert list(fixed) == list(fixed) == [(i, 0) for i in range(5)]
 
 
+@pytest.mark.parametrize(("size", "world"), [(10, 2), (10, 3), (7, 4), (3, 4)])
+def test_epoch_sampler_ranks_share_each_pass(size, world):
+    """Training: every rank takes as many items, together the whole epoch (padded by repeats
+    of its first items); validation: disjoint shares without repeats."""
+    train = [EpochSampler(size, True, seed=2, rank=r, world_size=world) for r in range(world)]
+    shares = [[i for i, _ in s] for s in train]
+    assert {len(share) for share in shares} == {-(-size // world)}
+    assert set(sum(shares, [])) == set(range(size))
+    assert sum(len(share) for share in shares) - size < world
+    val = [EpochSampler(size, False, rank=r, world_size=world, pad=False) for r in range(world)]
+    items = sorted(i for s in val for i, _ in s)
+    assert items == list(range(size))
+    assert [len(s) for s in val] == [len(list(s)) for s in val]
+
+
+def test_epoch_sampler_skips_into_a_pass():
+    s = EpochSampler(10, shuffle=True, seed=0)
+    s.set_epoch(3)
+    whole = list(s)
+    s.set_epoch(3)
+    s.skip(4)
+    assert s.upcoming_epoch == 3
+    assert list(s) == whole[4:]
+    assert len(list(s)) == 10  # the skip is for one pass only
+
+
 # -- DataModule -----------------------------------------------------------------------------
 
 
