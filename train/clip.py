@@ -455,6 +455,14 @@ class ClipSystem(DataSystem):
                 self._tokens[c] = t
         return torch.stack([self._tokens[c] for c in captions]).to(self.device)
 
+    def setup(self, stage: str) -> None:
+        """With several ranks, the loss contrasts each image with every rank's captions (and
+        each caption with every rank's images): open_clip's feature gathering."""
+        if self.trainer.world_size > 1:
+            self.loss_fn = ClipLoss(
+                rank=self.trainer.global_rank, world_size=self.trainer.world_size
+            )
+
     # -- training -----------------------------------------------------------------------------
     def features(
         self, images: torch.Tensor, tokens: torch.Tensor, augment: bool
@@ -531,11 +539,12 @@ class ClipSystem(DataSystem):
         self._val.append((feats.cpu(), objects))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val or self._classes is None:
+        parts = self.gather_validation({"val": self._val}).get("val", [])
+        if not parts or self._classes is None:
             return
         classes = self._classes
-        feats = torch.cat([f for f, _ in self._val])
-        objects = torch.cat([o for _, o in self._val]).numpy()
+        feats = torch.cat([f for f, _ in parts])
+        objects = torch.cat([o for _, o in parts]).numpy()
         labels = classes.labels[objects]
         keep = labels >= 0
         if not keep.any():
@@ -550,11 +559,11 @@ class ClipSystem(DataSystem):
             classes,
             torch.from_numpy(classes.held_out[objects][keep]),
         )
-        self.log("val/top1", m["top1"], prog_bar=True)
-        self.log("val/text_to_image_r1", m["text_to_image_r1"])
+        self.log_gathered("val/top1", m["top1"], prog_bar=True)
+        self.log_gathered("val/text_to_image_r1", m["text_to_image_r1"])
         for key in ("colour_acc", "category_acc", "top1_held_out"):
             if key in m:
-                self.log(f"val/{key}", m[key])
+                self.log_gathered(f"val/{key}", m[key])
         self._val = []
 
 
@@ -590,6 +599,8 @@ def fit_clip(
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "clip", enable_progress_bar=progress)
     runs.fit(trainer, system, datamodule, ckpt)
+    if not trainer.is_global_zero:
+        return 0
     exported = export_checkpoint(
         run_dir.path / "clip.pt",
         system.model,

@@ -155,9 +155,9 @@ class EIDSystem(DataSystem):
             )
 
     def on_validation_epoch_end(self) -> None:
-        for key, values in self._val.items():
+        for key, values in self.gather_validation(self._val).items():
             if values:
-                self.log(f"val/{key}", torch.cat(values).mean().item(), prog_bar=True)
+                self.log_gathered(f"val/{key}", torch.cat(values).mean().item(), prog_bar=True)
 
 
 def fit_eid(
@@ -191,5 +191,5 @@ def fit_eid(
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "eid", enable_progress_bar=progress)
     runs.fit(trainer, system, datamodule, ckpt)
-    print(f"run folder: {run_dir.path} (step {trainer.global_step})")
+    runs.report(trainer, f"run folder: {run_dir.path} (step {trainer.global_step})")
     return 0

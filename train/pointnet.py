@@ -235,6 +235,8 @@ def fit_pointnet(
         run_dir, cfg.trainer, cfg.run, "pointnet", enable_progress_bar=progress
     )
     runs.fit(trainer, system, _Data(train, val, d), ckpt)
+    if not trainer.is_global_zero:
+        return 0
     path = export_pointnet(
         run_dir.path / "pointnet.pt",
         system.model,

@@ -48,15 +48,21 @@ RESUMABLE_CHANGES = frozenset({"trainer.max_steps"})
 
 __all__ = [
     "RESUMABLE_CHANGES",
+    "RandomStates",
     "RunConfig",
     "RunDir",
     "TrainerConfig",
+    "capture_random_states",
     "config_callbacks",
     "config_differences",
     "default_run_dir",
     "fit",
+    "launch_rank",
     "make_trainer",
+    "report",
     "resolve_precision",
+    "restore_random_states",
+    "seed_run",
 ]
 
 
@@ -77,7 +83,16 @@ class TrainerConfig:
             or ``"auto"``: ``"bf16-mixed"`` where the training device computes bfloat16
             natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else ``"32-true"``.
         accelerator: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"gpu"``, ...
-        devices: Lightning ``devices`` (an int or ``"auto"``).
+        devices: Lightning ``devices`` per node (an int, ``"auto"``, or a list of indices).
+        num_nodes: machines training together (each with ``devices`` processes).
+        strategy: Lightning strategy: ``"auto"`` (one device: none; several: DDP), ``"ddp"``,
+            ``"ddp_spawn"``, ``"fsdp"``, ... With several processes every ``fit`` stage writes
+            its run folder, images, exports and prints from global rank 0 only, splits each
+            epoch's items between the ranks, and reduces validation metrics over all of them.
+        accumulate_grad_batches: sum the gradients of this many batches per optimizer step
+            (an effective batch of ``data.batch_size x devices x num_nodes x`` this).
+        sync_batchnorm: BatchNorm statistics over every rank's batch (the SVR's image encoder
+            has BatchNorm) instead of each rank's own.
         gradient_clip_val: clip gradients to this norm (None: no clipping).
         ema_decay: keep an exponential moving average of the weights, with decay
             min(ema_decay, (1 + n) / (10 + n)) after n updates (:class:`WarmupEMA`: a short
@@ -86,6 +101,9 @@ class TrainerConfig:
             weights, and checkpoints store them as ``state_dict`` (what every loader reads), the
             raw weights under ``current_model_state`` for resuming (a checkpoint written when
             training ends holds the average in both: Lightning copies it into the model).
+        keep_checkpoints: besides ``checkpoints/last.ckpt``, keep the latest this many
+            ``checkpoints/step_<n>.ckpt`` of the ones written every ``checkpoint_every`` steps
+            (0: none; -1: all).
     """
 
     max_steps: int = 1000
@@ -95,12 +113,17 @@ class TrainerConfig:
     limit_val_batches: int | float = 1.0
     precision: str = "32-true"
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool = False
     gradient_clip_val: float | None = None
     ema_decay: float | None = None
+    keep_checkpoints: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "checkpoint_every", "log_every"):
+        for name in ("max_steps", "checkpoint_every", "log_every", "num_nodes"):
             if getattr(self, name) < 1:
                 raise UserError(f"trainer config: {name!r} must be >= 1, got {getattr(self, name)}")
         if self.val_check_interval < 0:
@@ -117,6 +140,15 @@ class TrainerConfig:
             raise UserError(
                 f"trainer config: 'gradient_clip_val' must be > 0 or null, "
                 f"got {self.gradient_clip_val}"
+            )
+        if self.accumulate_grad_batches < 1:
+            raise UserError(
+                "trainer config: 'accumulate_grad_batches' must be >= 1, "
+                f"got {self.accumulate_grad_batches}"
+            )
+        if self.keep_checkpoints < -1:
+            raise UserError(
+                f"trainer config: 'keep_checkpoints' must be >= -1, got {self.keep_checkpoints}"
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise UserError(
@@ -215,18 +247,39 @@ def check_resumable(path: Path) -> None:
         )
 
 
+def launch_rank() -> int:
+    """This process's global rank as a distributed launcher put it in the environment, before
+    Lightning sets anything up: ``RANK`` (torchrun), ``SLURM_PROCID`` (srun), or ``NODE_RANK``
+    and ``LOCAL_RANK`` (Lightning's own launcher, which starts ranks 1... with them set; rank 0
+    is the process the user started). 0 when no launcher is involved; the exact value only
+    matters as zero or not."""
+    env = os.environ
+    for name in ("RANK", "SLURM_PROCID"):
+        if env.get(name, "").isdigit():
+            return int(env[name])
+    node, local = env.get("NODE_RANK", "0"), env.get("LOCAL_RANK", "0")
+    if node.isdigit() and local.isdigit():
+        return int(node) + int(local)
+    return 0
+
+
 class RunDir:
     """One run's folder. Create with :meth:`prepare` after every other check has passed.
 
+    With several training processes, global rank 0 checks and creates the folder; the other
+    ranks (the same command, started by a launcher) only read its checkpoint to resume.
+
     Args:
         path: the folder (need not exist yet).
+        rank: this process's global rank (default: :func:`launch_rank`).
     """
 
     CONFIG = "config.yaml"
     COMMAND = "command.txt"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, rank: int | None = None):
         self.path = Path(path)
+        self.rank = launch_rank() if rank is None else rank
 
     @property
     def checkpoints(self) -> Path:
@@ -246,6 +299,9 @@ class RunDir:
                 differs from ``config`` in more than ``trainer.max_steps``; the path is a file.
         """
         p = self.path
+        if self.rank > 0:
+            last = self.last_checkpoint
+            return last if resume and last.is_file() else None
         if p.exists() and not p.is_dir():
             raise UserError(f"{p}: exists and is not a folder")
         if not resume:
@@ -279,8 +335,11 @@ class RunDir:
     def create(self, config: Mapping[str, Any], command: str) -> None:
         """Make the folder and write ``config.yaml`` and ``command.txt`` (atomically).
 
-        ``command.txt`` keeps earlier lines (a resumed run appends its command).
+        ``command.txt`` keeps earlier lines (a resumed run appends its command). Only on
+        global rank 0.
         """
+        if self.rank > 0:
+            return
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -460,14 +519,29 @@ def make_trainer(
                 mode=mode,
             )
         )
-    checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir.checkpoints),
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=trainer_cfg.checkpoint_every,
-        enable_version_counter=False,
-    )
     t = trainer_cfg
+    checkpoints = [
+        ModelCheckpoint(
+            dirpath=str(run_dir.checkpoints),
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=t.checkpoint_every,
+            enable_version_counter=False,
+        )
+    ]
+    if t.keep_checkpoints != 0:  # the latest k by step number
+        checkpoints.append(
+            ModelCheckpoint(
+                dirpath=str(run_dir.checkpoints),
+                filename="step_{step}",
+                auto_insert_metric_name=False,
+                monitor="step",
+                mode="max",
+                save_top_k=t.keep_checkpoints,
+                every_n_train_steps=t.checkpoint_every,
+                enable_version_counter=False,
+            )
+        )
     val_every = t.val_check_interval
     return pl.Trainer(
         default_root_dir=str(run_dir.path),
@@ -475,9 +549,14 @@ def make_trainer(
         max_epochs=-1,
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        sync_batchnorm=t.sync_batchnorm,
+        use_distributed_sampler=False,  # the loaders split each pass between ranks themselves
         precision=resolve_precision(t.precision, t.accelerator),
         logger=loggers,
-        callbacks=[checkpoint, RandomStates(), *callbacks, *config_callbacks(t)],
+        callbacks=[*checkpoints, RandomStates(), *callbacks, *config_callbacks(t)],
         log_every_n_steps=t.log_every,
         val_check_interval=val_every if val_every > 0 else None,
         check_val_every_n_epoch=None,
@@ -496,3 +575,9 @@ def fit(trainer, system, datamodule, ckpt_path: Path | None) -> None:
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     if getattr(trainer, "interrupted", False):
         raise KeyboardInterrupt
+
+
+def report(trainer, text: str) -> None:
+    """Print ``text`` from global rank 0 only (every rank runs the command's code after fit)."""
+    if trainer.is_global_zero:
+        print(text)

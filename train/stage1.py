@@ -259,12 +259,17 @@ class Stage1System(DataSystem):
             self.mapper, f, c, pre, self.cfg.loss.mapper_loss, self.mapper_input, self.cfg.run.seed
         )
         stats["views"] = float(f.shape[0])
+        # every rank fitted the same pairs from the same seed; rank 0's result is broadcast so
+        # that float differences between devices cannot leave the ranks' mappers apart
+        state = self.trainer.strategy.broadcast(self.mapper.state_dict(), src=0)
+        self.mapper.load_state_dict(state)
         for logger in self.loggers:
             logger.log_metrics({f"prefit/{k}": v for k, v in stats.items()}, step=0)
-        print(
-            f"mapper pre-fit: {pre.epochs} epochs on {f.shape[0]} views, loss {stats['loss']:.4g}, "
-            f"cos {stats['cos']:.3f}"
-        )
+        if self.trainer.is_global_zero:
+            print(
+                f"mapper pre-fit: {pre.epochs} epochs on {f.shape[0]} views, "
+                f"loss {stats['loss']:.4g}, cos {stats['cos']:.3f}"
+            )
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,7 +414,7 @@ class Stage1System(DataSystem):
             )
 
     def on_validation_epoch_end(self) -> None:
-        v = self._val
+        v = self.gather_validation(self._val)
 
         def mean(key: str) -> float | None:
             return torch.cat(v[key]).mean().item() if v.get(key) else None
@@ -433,7 +438,7 @@ class Stage1System(DataSystem):
             logged["val/bg_whiteness"] = sum(float(x) for x in v["bg_sum"]) / count
         for name, value in logged.items():
             if value is not None:
-                self.log(name, value, prog_bar=name == "val/iou_mapper")
+                self.log_gathered(name, value, prog_bar=name == "val/iou_mapper")
         rows = v.get("rows", [])[: self.cfg.val.image_objects]
         if rows and not self.trainer.sanity_checking:
             self.save_grid(rows)
@@ -497,7 +502,7 @@ def fit_stage1(
                 f"{cfg.data.path}: no objects in the validation split {val_split!r} "
                 "(set trainer.val_check_interval=0 to train without validation)"
             )
-        if not any(len(file.captions[int(o)]) for o in val_objects):
+        if runs.launch_rank() == 0 and not any(len(file.captions[int(o)]) for o in val_objects):
             print(
                 f"iss3d: note: {cfg.data.path} has no captions in split {val_split!r}; "
                 "validation skips the text IoU (val/iou_text)",
@@ -512,5 +517,5 @@ def fit_stage1(
         run_dir, cfg.trainer, cfg.run, "stage1", enable_progress_bar=progress
     )
     runs.fit(trainer, system, datamodule, ckpt)
-    print(f"run folder: {run_dir.path} (step {trainer.global_step})")
+    runs.report(trainer, f"run folder: {run_dir.path} (step {trainer.global_step})")
     return 0

@@ -519,15 +519,15 @@ class SVRSystem(DataSystem):
             )
 
     def on_validation_epoch_end(self) -> None:
-        v = self._val
+        v = self.gather_validation(self._val)
         if v.get("iou"):
-            self.log("val/iou", torch.cat(v["iou"]).mean().item(), prog_bar=True)
+            self.log_gathered("val/iou", torch.cat(v["iou"]).mean().item(), prog_bar=True)
         if v.get("mask_iou"):
-            self.log("val/mask_iou", torch.cat(v["mask_iou"]).mean().item())
+            self.log_gathered("val/mask_iou", torch.cat(v["mask_iou"]).mean().item())
         if v.get("depth_l1"):
             d = torch.cat(v["depth_l1"])
             d = d[torch.isfinite(d)]
-            self.log("val/depth_l1", d.mean().item() if len(d) else math.nan)
+            self.log_gathered("val/depth_l1", d.mean().item() if len(d) else math.nan)
         rows = v.get("rows", [])[: self.cfg.val.image_objects]
         if rows and not self.trainer.sanity_checking:
             self.save_grid(rows)
@@ -558,5 +558,5 @@ def fit_svr(
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "svr", enable_progress_bar=progress)
     runs.fit(trainer, system, datamodule, ckpt)
-    print(f"run folder: {run_dir.path} (step {trainer.global_step})")
+    runs.report(trainer, f"run folder: {run_dir.path} (step {trainer.global_step})")
     return 0

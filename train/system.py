@@ -62,6 +62,28 @@ class DataSystem(pl.LightningModule):
             return dm.extra_files
         return open_extra_files(self.cfg.data.extra_data, self.file)
 
+    def gather_validation(self, values: dict[str, list]) -> dict[str, list]:
+        """Every rank's validation values: each list of ``values`` (this rank's share of the
+        validation items, picklable) extended with the other ranks' lists, in rank order. One
+        process: ``values`` itself. Every rank must call it (it is a collective)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return values
+        import torch.distributed as dist
+
+        parts: list[dict[str, list] | None] = [None] * world
+        dist.all_gather_object(parts, values)
+        merged: dict[str, list] = {}
+        for part in parts:
+            for key, items in (part or {}).items():
+                merged.setdefault(key, []).extend(items)
+        return merged
+
+    def log_gathered(self, name: str, value: float, prog_bar: bool = False) -> None:
+        """Log a value computed from :meth:`gather_validation`'s lists: the same on every rank
+        (the max-reduce across ranks changes nothing; it tells Lightning the value is global)."""
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
+
     def log_training(
         self,
         losses: dict[str, torch.Tensor],
@@ -80,11 +102,14 @@ class DataSystem(pl.LightningModule):
             self.log(f"train/{name}", value, batch_size=batch_size)
 
     def save_grid(self, rows: list[list[torch.Tensor]]) -> None:
-        """Write an image grid, one row per item, to ``image_dir`` and to image-aware loggers.
+        """Write an image grid, one row per item, to ``image_dir`` and to image-aware loggers
+        (from global rank 0 only).
 
         Args:
             rows: each a list of (3, H, W) float images in [0, 1], the same count per row.
         """
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return
         grid = torch.cat([torch.cat(r, dim=-1) for r in rows], dim=-2)  # (3, rows*H, cols*W)
         array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         step = int(self.global_step)

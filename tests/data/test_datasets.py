@@ -243,7 +243,7 @@ def test_epoch_sampler_ranks_share_each_pass(size, world):
     train = [EpochSampler(size, True, seed=2, rank=r, world_size=world) for r in range(world)]
     shares = [[i for i, _ in s] for s in train]
     assert {len(share) for share in shares} == {-(-size // world)}
-    assert set(sum(shares, [])) == set(range(size))
+    assert {i for share in shares for i in share} == set(range(size))
     assert sum(len(share) for share in shares) - size < world
     val = [EpochSampler(size, False, rank=r, world_size=world, pad=False) for r in range(world)]
     items = sorted(i for s in val for i, _ in s)

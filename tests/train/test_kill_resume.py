@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from iss3d.infer.cli import main
-from tests.train.test_same_seed import _argv, svr  # noqa: F401 (svr: a fixture)
+from tests.train.test_same_seed import _argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,12 @@ def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[st
     [("svr", [3, 6]), ("clip", [5]), ("stage1", [5]), ("eid", [3]), ("pointnet", [5])],
 )
 def test_kill_and_resume_gives_the_uninterrupted_weights(
-    stage, kills, tiny_world, svr, tmp_path, one_thread  # noqa: F811 (svr: the fixture)
+    stage,
+    kills,
+    tiny_world,
+    svr,
+    tmp_path,
+    one_thread,
 ):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*_argv(stage, tiny_world, whole, svr), *LONGER]) == 0

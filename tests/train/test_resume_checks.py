@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from iss3d.core.errors import UserError
 from tests.fixtures.cli import error_line
 from tests.train.test_svr import fit
 
@@ -65,3 +66,52 @@ def test_a_damaged_checkpoint_is_refused_before_the_folder_changes(
     assert "last.ckpt" in line
     assert _snapshot(run) == before
     assert "ran" not in capsys.readouterr().out
+
+
+# -- several processes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "rank"),
+    [
+        ({}, 0),
+        ({"RANK": "3"}, 3),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, 0),
+        ({"SLURM_PROCID": "2"}, 2),
+        ({"LOCAL_RANK": "1"}, 1),  # Lightning's launcher starts ranks 1... with LOCAL_RANK
+        ({"NODE_RANK": "1"}, 1),  # the first process of a second machine is not rank 0
+    ],
+)
+def test_launch_rank_reads_the_launchers_environment(env, rank, monkeypatch):
+    from iss3d.train.runs import launch_rank
+
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert (launch_rank() == 0) == (rank == 0)
+
+
+def test_other_ranks_leave_the_run_folder_to_rank_zero(trained, tmp_path):
+    """Rank 1 runs the same command into a folder rank 0 already filled: no 'not empty' error,
+    nothing written; resuming, it reads rank 0's checkpoint."""
+    from iss3d.train.runs import RunDir
+
+    before = _snapshot(trained)
+    other = RunDir(trained, rank=1)
+    assert other.check({"anything": 1}, resume=False) is None
+    other.create({"anything": 1}, "iss3d fit svr ...")
+    assert other.check({"anything": 1}, resume=True) == trained / "checkpoints" / "last.ckpt"
+    assert _snapshot(trained) == before
+    with pytest.raises(UserError, match="not empty"):
+        RunDir(trained, rank=0).check({"anything": 1}, resume=False)
+
+
+def test_keep_checkpoints_keeps_the_latest_steps(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    extra = ["trainer.checkpoint_every=1", "trainer.keep_checkpoints=2"]
+    assert fit(tiny_world, run, "trainer.max_steps=4", "trainer.val_check_interval=0", *extra) == 0
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == ["last.ckpt", "step_3.ckpt", "step_4.ckpt"]
+    step_3 = torch.load(run / "checkpoints" / "step_3.ckpt", weights_only=True)
+    assert step_3["global_step"] == 3

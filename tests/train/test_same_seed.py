@@ -37,13 +37,6 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
 
 
-@pytest.fixture(scope="module")
-def svr(tiny_world, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("svr") / "run"
-    assert main(_argv("svr", tiny_world, out, None)) == 0
-    return out / "checkpoints" / "last.ckpt"
-
-
 @pytest.mark.parametrize("stage", ["svr", "clip", "stage1", "eid", "pointnet"])
 def test_two_runs_with_one_seed_give_the_same_weights(stage, tiny_world, svr, tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
