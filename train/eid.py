@@ -79,6 +79,7 @@ class EIDConfig(StrictConfig):
 
     def __post_init__(self) -> None:
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "eid config")
+        self.march.check_reached(self.trainer.max_steps, "eid config")
 
 
 class EIDSystem(DataSystem):

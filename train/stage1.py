@@ -162,6 +162,7 @@ class Stage1Config(StrictConfig):
 
     def __post_init__(self) -> None:
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "stage1 config")
+        self.march.check_reached(self.trainer.max_steps, "stage1 config")
 
 
 # -- the Lightning system -------------------------------------------------------------------------

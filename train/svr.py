@@ -105,6 +105,17 @@ class SVRMarchConfig:
             raise UserError("march config: n_secant, padding must be >= 0 and chunk >= 1")
         self.march_config(0)  # outside_cube and depth_range are checked there
 
+    def check_reached(self, max_steps: int, what: str) -> None:
+        """UserError when a run of ``max_steps`` never reaches a step of the schedule (a
+        schedule for a longer run: DVR's 50k, 100k, 250k in a 3000-step run)."""
+        late = [start for start, _ in self.n_steps if start >= max_steps]
+        if late:
+            raise UserError(
+                f"{what}: march.n_steps changes at step {late[0]}, which a run of "
+                f"trainer.max_steps={max_steps} never reaches (shorten the schedule, e.g. "
+                f"march.n_steps=[[0,{self.n_steps[0][1]}]])"
+            )
+
     def n_steps_at(self, step: int) -> int:
         """The scheduled number of march steps at training step ``step``."""
         current = self.n_steps[0][1]
@@ -286,6 +297,7 @@ class SVRConfig(StrictConfig):
                 f"({self.decoder.c_dim})"
             )
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "svr config")
+        self.march.check_reached(self.trainer.max_steps, "svr config")
 
 
 # -- losses -------------------------------------------------------------------------------
