@@ -79,7 +79,6 @@ class EIDConfig(StrictConfig):
 
     def __post_init__(self) -> None:
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "eid config")
-        self.march.check_reached(self.trainer.max_steps, "eid config")
 
 
 class EIDSystem(DataSystem):
@@ -188,6 +187,7 @@ def fit_eid(
     run_dir = runs.RunDir(out or runs.default_run_dir("eid", cfg.run.name))
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
+    cfg.march.note_unreached(cfg.trainer.max_steps)
     system = EIDSystem(cfg, clip)
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "eid", enable_progress_bar=progress)

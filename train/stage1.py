@@ -162,7 +162,6 @@ class Stage1Config(StrictConfig):
 
     def __post_init__(self) -> None:
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "stage1 config")
-        self.march.check_reached(self.trainer.max_steps, "stage1 config")
 
 
 # -- the Lightning system -------------------------------------------------------------------------
@@ -512,6 +511,7 @@ def fit_stage1(
     run_dir = runs.RunDir(out if out is not None else runs.default_run_dir("stage1", cfg.run.name))
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
+    cfg.march.note_unreached(cfg.trainer.max_steps)
     system = Stage1System(cfg, svr=svr, clip=clip, image_dir=run_dir.path / "val")
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(

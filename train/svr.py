@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,15 +106,19 @@ class SVRMarchConfig:
             raise UserError("march config: n_secant, padding must be >= 0 and chunk >= 1")
         self.march_config(0)  # outside_cube and depth_range are checked there
 
-    def check_reached(self, max_steps: int, what: str) -> None:
-        """UserError when a run of ``max_steps`` never reaches a step of the schedule (a
-        schedule for a longer run: DVR's 50k, 100k, 250k in a 3000-step run)."""
+    def note_unreached(self, max_steps: int) -> None:
+        """Say on stderr (global rank 0) when a run of ``max_steps`` never reaches a step of
+        the schedule (DVR's 50k, 100k, 250k in a short run): it marches with fewer samples
+        than the schedule names throughout."""
+        from iss3d.train.runs import launch_rank
+
         late = [start for start, _ in self.n_steps if start >= max_steps]
-        if late:
-            raise UserError(
-                f"{what}: march.n_steps changes at step {late[0]}, which a run of "
-                f"trainer.max_steps={max_steps} never reaches (shorten the schedule, e.g. "
-                f"march.n_steps=[[0,{self.n_steps[0][1]}]])"
+        if late and launch_rank() == 0:
+            print(
+                f"iss3d: note: march.n_steps changes at step {late[0]}, after the last step of "
+                f"this run (trainer.max_steps={max_steps}): it marches with "
+                f"{self.n_steps_at(max_steps - 1)} samples per ray to the end",
+                file=sys.stderr,
             )
 
     def n_steps_at(self, step: int) -> int:
@@ -297,7 +302,6 @@ class SVRConfig(StrictConfig):
                 f"({self.decoder.c_dim})"
             )
         check_ray_data(self.data, self.loss.lambda_occupancy3d, "svr config")
-        self.march.check_reached(self.trainer.max_steps, "svr config")
 
 
 # -- losses -------------------------------------------------------------------------------
@@ -566,6 +570,7 @@ def fit_svr(
     run_dir = runs.RunDir(out if out is not None else runs.default_run_dir("svr", cfg.run.name))
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
+    cfg.march.note_unreached(cfg.trainer.max_steps)
     system = SVRSystem(cfg, image_dir=run_dir.path / "val")
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "svr", enable_progress_bar=progress)
