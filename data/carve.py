@@ -15,17 +15,22 @@ face the point and see it unoccluded by the hull itself.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.measure import marching_cubes
+from tqdm import tqdm
 
 from iss3d.core.errors import UserError
 from iss3d.data.cameras import project, rays
+from iss3d.data.reader import MultiViewFile
 from iss3d.data.records import ObjectRecord, OccupancySamples, SurfaceSamples
 from iss3d.data.samples import PADDED_HALF, area_samples, occupancy_samples, padded_grid
+from iss3d.data.writer import MultiViewWriter
 
 #: What ``info["ground_truth"]["source"]`` of a carved file says.
 HULL_SOURCE = "visual_hull"
@@ -158,3 +163,54 @@ def carve_object(
     )
     occupancy = occupancy_samples(hull.inside, cfg.occ_uniform, cfg.occ_near, points, rng)
     return occupancy, surface
+
+
+def ground_truth_source(file: MultiViewFile) -> str | None:
+    """Where a file's ``eval/`` data comes from: ``"visual_hull"`` (carved by
+    :func:`carve_file`), ``"exact"`` (any other file with occupancy: the synthetic world's
+    SDFs, imported meshes), or None (no occupancy)."""
+    if not file.has_occupancy:
+        return None
+    truth = file.info.get("ground_truth") if isinstance(file.info, dict) else None
+    if isinstance(truth, dict) and truth.get("source") == HULL_SOURCE:
+        return HULL_SOURCE
+    return "exact"
+
+
+def carve_file(
+    src: str | os.PathLike, out: str | os.PathLike, cfg: CarveConfig, progress: bool | None = None
+) -> Path:
+    """Write ``out``: every object of ``src`` with ``eval/`` occupancy and surface samples of
+    its visual hull, and ``info["ground_truth"]`` saying so (``out`` may be ``src``: replaced
+    at the end, atomically). A file with exact ground truth is only carved into another file."""
+    src, out = Path(src), Path(out)
+    with MultiViewFile(src) as f:
+        if ground_truth_source(f) == "exact" and out.resolve() == src.resolve():
+            raise UserError(
+                f"{src}: holds exact 3D ground truth, which carving would replace; give "
+                "--out NEW.h5 to write a carved copy"
+            )
+        info = dict(f.info) if isinstance(f.info, dict) else {}
+        info["ground_truth"] = {
+            "source": HULL_SOURCE,
+            "views": "all" if cfg.views is None else cfg.views,
+            "grid": cfg.grid,
+            "seed": cfg.seed,
+        }
+        shape = (f.height, f.width, f.pixel_convention, f.has_depth)
+        with MultiViewWriter(out, *shape, info=info) as writer:
+            bar = tqdm(range(f.num_objects), desc="carve", unit="obj", disable=_quiet(progress))
+            for obj in bar:
+                rec = f.read_object(obj)
+                try:
+                    rec.occupancy, rec.surface = carve_object(rec, f.pixel_convention, cfg, obj)
+                except UserError as err:
+                    raise UserError(f"{src}: {err}") from None
+                writer.add(rec)
+            bar.close()
+    return out
+
+
+def _quiet(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` flag (None: only on a terminal)."""
+    return None if progress is None else not progress

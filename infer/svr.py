@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from iss3d.core.errors import UserError
+from iss3d.data.carve import ground_truth_source
 from iss3d.data.images import composite_over_white, read_image
 from iss3d.data.reader import MultiViewFile
 from iss3d.models.encoder import check_images
@@ -53,14 +54,15 @@ def evaluate_svr(
 
     For each object and each of its first ``input_views`` views: encode the view, then
     - iou: volumetric IoU at the file's uniform occupancy samples (logit > 0 vs ground truth),
-    - mask_iou, depth_l1: a full render of the next view (the one after the input) against its
-      ground-truth mask and depth (depth error on pixels both hit).
-    Returns per-object rows and the means.
+      where the file has occupancy (exact, or a visual hull carved by ``iss3d data carve``:
+      ``ground_truth`` says which);
+    - mask_iou, depth_l1: a full render of the next view (a view the model was not given)
+      against its mask and depth (depth error on pixels both hit): images, masks and cameras
+      are all they need, so they are reported for any file.
+    Returns per-object rows, the means and per-category means of the main metric (``iou``, or
+    ``mask_iou`` without occupancy).
     """
-    if not file.has_occupancy:
-        raise UserError(
-            f"{file.path}: has no occupancy ground truth (eval data), cannot compute IoU"
-        )
+    truth = ground_truth_source(file)
     objects = file.objects_in(split)
     if max_objects is not None:
         objects = objects[:max_objects]
@@ -71,8 +73,9 @@ def evaluate_svr(
     for obj in objects:
         views = file.views_of(int(obj))
         occ = file.read_occupancy(int(obj))
-        points = torch.from_numpy(occ.points[: occ.n_uniform]).to(device)[None]
-        inside = torch.from_numpy(occ.inside[: occ.n_uniform]).to(device)[None]
+        if occ is not None:
+            points = torch.from_numpy(occ.points[: occ.n_uniform]).to(device)[None]
+            inside = torch.from_numpy(occ.inside[: occ.n_uniform]).to(device)[None]
         for k in range(min(input_views, len(views))):
             source = file.read_view(int(views[k]))
             target = file.read_view(int(views[(k + 1) % len(views)]))
@@ -96,9 +99,10 @@ def evaluate_svr(
                 "object_id": str(file.object_ids[obj]),
                 "category": str(file.categories[obj]),
                 "input_view": int(views[k]),
-                "iou": float(occupancy_iou(model.decoder, c, points, inside)[0]),
                 "mask_iou": float(mask_iou(render["mask"], gt_mask)[0]),
             }
+            if occ is not None:
+                row["iou"] = float(occupancy_iou(model.decoder, c, points, inside)[0])
             if target.depth is not None:
                 gt_depth = torch.from_numpy(target.depth)[None, None].to(device)
                 row["depth_l1"] = float(depth_l1(render["depth"], gt_depth)[0])
@@ -108,17 +112,27 @@ def evaluate_svr(
         for key in ("iou", "mask_iou", "depth_l1")
         if key in rows[0]
     }
+    main = "iou" if truth is not None else "mask_iou"
     per_category: dict[str, list[float]] = {}
     for r in rows:
-        per_category.setdefault(r["category"], []).append(r["iou"])
+        per_category.setdefault(r["category"], []).append(r[main])
     return {
         "split": split,
         "objects": len(objects),
         "input_views": input_views,
+        "ground_truth": truth or "views",
         "means": means,
-        "iou_per_category": {k: float(np.mean(v)) for k, v in sorted(per_category.items())},
+        f"{main}_per_category": {k: float(np.mean(v)) for k, v in sorted(per_category.items())},
         "rows": rows,
     }
+
+
+#: How ``eval`` commands name where their ground truth came from.
+GROUND_TRUTH_NAMES = {
+    "exact": "exact occupancy",
+    "visual_hull": "occupancy of the visual hull of the masks (iss3d data carve)",
+    "views": "held-out views only (no 3D ground truth: mask IoU and depth error)",
+}
 
 
 def _mean_of_finite(values: list[float]) -> float:

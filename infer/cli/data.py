@@ -64,6 +64,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=_import_dvr)
 
+    p = sub.add_parser(
+        "carve",
+        help="add 3D ground truth carved from the masks (a visual hull) to a file without it",
+    )
+    p.add_argument("file", type=Path, help="a dataset file (.h5)")
+    p.add_argument("--out", type=Path, default=None, help="write a carved copy (default: FILE)")
+    p.add_argument("--views", type=int, default=None, help="carve with the first K views")
+    p.add_argument("--grid", type=int, default=96, help="surface lattice size (default 96)")
+    p.add_argument(
+        "--occ-points", type=int, default=8192, help="occupancy points per object and kind"
+    )
+    p.add_argument("--surface-points", type=int, default=4096, help="surface points per object")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_carve)
+
     p = sub.add_parser("import-blender", help="import NeRF 'Blender' scenes (transforms_*.json)")
     p.add_argument("root", type=Path, help="a scene folder, or a folder of scene folders")
     p.add_argument("--out", required=True, type=Path, help="output .h5 file")
@@ -153,6 +169,32 @@ def _import_dvr(args) -> int:
     categories = args.categories.split(",") if args.categories else None
     out = import_dvr(args.root, args.out, categories=categories, input_views=args.input_views)
     print(f"wrote {out}")
+    return 0
+
+
+def _carve(args) -> int:
+    from iss3d.core.errors import UserError
+    from iss3d.core.paths import input_file
+    from iss3d.data.carve import CarveConfig, carve_file
+
+    limits = {"--grid": (args.grid, 256), "--occ-points": (args.occ_points, 10**6)}
+    limits["--surface-points"] = (args.surface_points, 10**6)
+    for flag, (value, most) in limits.items():
+        if value > most:
+            raise UserError(f"{flag} {value}: at most {most}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    cfg = CarveConfig(
+        grid=args.grid,
+        occ_uniform=args.occ_points,
+        occ_near=args.occ_points,
+        surface_points=args.surface_points,
+        views=args.views,
+        seed=args.seed,
+    )
+    src = input_file(args.file, "a dataset file (.h5)")
+    out = carve_file(src, args.out or src, cfg, progress=False if args.no_progress else None)
+    print(f"wrote {out} (visual hull of every object's masks in eval/)")
     return 0
 
 

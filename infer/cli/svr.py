@@ -12,7 +12,10 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("svr", help="single-view IoU, mask IoU and depth error of an SVR checkpoint")
     p.add_argument("checkpoint", type=Path, help="a .ckpt written by `iss3d fit svr`")
     p.add_argument(
-        "--data", required=True, type=Path, help="multi-view HDF5 with occupancy ground truth"
+        "--data",
+        required=True,
+        type=Path,
+        help="multi-view HDF5 (volumetric IoU where it has occupancy, exact or carved)",
     )
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--input-views", type=int, default=1, help="input views per object (default 1)")
@@ -51,7 +54,7 @@ def _eval_svr(args) -> int:
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
     from iss3d.data.reader import MultiViewFile
-    from iss3d.infer.svr import evaluate_svr
+    from iss3d.infer.svr import GROUND_TRUTH_NAMES, evaluate_svr
     from iss3d.models.loaders import load_svr
 
     if args.input_views <= 0 or args.n_steps <= 1:
@@ -73,8 +76,10 @@ def _eval_svr(args) -> int:
     print(f"{'split':>10}: {result['split']} ({result['objects']} objects x {views} input views)")
     for key, value in means.items():
         print(f"{key:>10}: {value:.4f}")
-    for category, value in result["iou_per_category"].items():
-        print(f"{'iou ' + category:>18}: {value:.4f}")
+    print(f"{'truth':>10}: {GROUND_TRUTH_NAMES[result['ground_truth']]}")
+    main = "iou" if "iou_per_category" in result else "mask_iou"
+    for category, value in result[f"{main}_per_category"].items():
+        print(f"{main + ' ' + category:>18}: {value:.4f}")
     if args.out:
         write_json_report(args.out, result)
     return 0

@@ -10,25 +10,13 @@ import pytest
 from iss3d.core.errors import UserError
 from iss3d.data.carve import CarveConfig, Hull, carve_object
 from iss3d.data.reader import MultiViewFile
-from iss3d.data.records import ObjectRecord
-from tests.fixtures.primitives import COLOURS, KINDS, camera, orbit, random_primitive, render
+from tests.fixtures.primitives import COLOURS, KINDS, object_record, random_primitive
 
 
 def primitive_record(kind: str, views: int, seed: int = 0, res: int = 64):
     """(the primitive, an ObjectRecord of ``views`` renders of it)."""
     prim = random_primitive(np.random.default_rng(seed), kind, "blue")
-    cams = [camera(eye, 2.1875) for eye in orbit(views, seed=seed)]
-    out = [render(prim, w, c, res) for w, c in cams]
-    rec = ObjectRecord(
-        object_id=f"{kind}-{seed}",
-        category=kind,
-        split="train",
-        rgb=np.stack([o[0] for o in out]),
-        mask=np.stack([o[1] for o in out]),
-        world_mat=np.stack([w for w, _ in cams]).astype(np.float32),
-        camera_mat=np.stack([c for _, c in cams]).astype(np.float32),
-    )
-    return prim, rec
+    return prim, object_record(prim, views, res, seed, f"{kind}-{seed}", "train")
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
