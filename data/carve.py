@@ -165,6 +165,15 @@ def carve_object(
     return occupancy, surface
 
 
+#: How ``eval`` commands name where their ground truth came from (``"views"``: a file without
+#: occupancy, measured on held-out views only).
+GROUND_TRUTH_NAMES = {
+    "exact": "exact occupancy",
+    HULL_SOURCE: "occupancy of the visual hull of the masks (iss3d data carve)",
+    "views": "held-out views only (no 3D ground truth: mask IoU and depth error)",
+}
+
+
 def ground_truth_source(file: MultiViewFile) -> str | None:
     """Where a file's ``eval/`` data comes from: ``"visual_hull"`` (carved by
     :func:`carve_file`), ``"exact"`` (any other file with occupancy: the synthetic world's

@@ -19,6 +19,7 @@ import os
 import torch
 
 from iss3d.core.errors import UserError
+from iss3d.data.carve import ground_truth_source
 from iss3d.data.reader import MultiViewFile
 from iss3d.models.loaders import SVRModel, load_stage1, load_stage1_encoder, read_checkpoint
 
@@ -38,7 +39,9 @@ def evaluate_stage1(
 
     Args:
         checkpoint: a ``last.ckpt`` of ``iss3d fit stage1``.
-        data: a multi-view HDF5 with occupancy ground truth (captions for ``iou_text``).
+        data: a multi-view HDF5: volumetric IoU where it has occupancy (exact, or carved by
+            ``iss3d data carve``), mask IoU of rendered held-out views in any case (captions
+            for ``iou_text``).
         split: the objects to measure.
         clip_spec: the CLIP model (default: the spec the checkpoint was trained with).
         n_steps: march steps of the background renders.
@@ -46,7 +49,8 @@ def evaluate_stage1(
         device: where to run.
 
     Returns:
-        ``{"split", "objects", "checkpoint", "data", "clip", "means": {figure: value}}``.
+        ``{"split", "objects", "checkpoint", "data", "clip", "ground_truth", "means": {figure:
+        value}}``; ``ground_truth``: ``"exact"``, ``"visual_hull"`` or ``"views"``.
     """
     import pytorch_lightning as pl
 
@@ -69,8 +73,7 @@ def evaluate_stage1(
         raise UserError(f"{checkpoint}: names no CLIP model; give --clip SPEC")
     clip = load_clip(spec, device)
     with MultiViewFile(data) as mv:
-        if not mv.has_occupancy:
-            raise UserError(f"{data}: has no occupancy ground truth (eval data), cannot get IoU")
+        truth = ground_truth_source(mv) or "views"
         objects = len(mv.objects_in(split))
     if objects == 0:
         raise UserError(f"{data}: no objects in split {split!r}")
@@ -102,5 +105,6 @@ def evaluate_stage1(
         "checkpoint": str(checkpoint),
         "data": str(data),
         "clip": spec,
+        "ground_truth": truth,
         "means": means,
     }

@@ -127,14 +127,6 @@ def evaluate_svr(
     }
 
 
-#: How ``eval`` commands name where their ground truth came from.
-GROUND_TRUTH_NAMES = {
-    "exact": "exact occupancy",
-    "visual_hull": "occupancy of the visual hull of the masks (iss3d data carve)",
-    "views": "held-out views only (no 3D ground truth: mask IoU and depth error)",
-}
-
-
 def _mean_of_finite(values: list[float]) -> float:
     """Mean over the finite values (depth error is NaN for a render with no common hits)."""
     finite = [v for v in values if np.isfinite(v)]

@@ -55,7 +55,7 @@ from iss3d.models.loaders import ArchitectureCard
 from iss3d.models.losses import background_ray_loss, mapper_loss
 from iss3d.models.mapper import MapperConfig, perturb_feature
 from iss3d.models.march import MarchConfig
-from iss3d.models.metrics import occupancy_iou
+from iss3d.models.metrics import mask_iou, occupancy_iou
 from iss3d.models.renderer import Renderer
 from iss3d.train.datamodule import DataConfig
 from iss3d.train.mapper_prefit import MapperPrefitConfig, prefit_mapper, prefit_pairs
@@ -324,6 +324,7 @@ class Stage1System(DataSystem):
             k: [] for k in ("cos", "iou_svr", "iou_mapper", "iou_text", "iou_svr_text", "rows")
         }
         self._val["bg_sum"], self._val["bg_count"] = [], []
+        self._val["mask_iou_svr"], self._val["mask_iou_mapper"] = [], []
 
     def first_captions(self, objects: list[int]) -> list[str | None]:
         """Each object's first caption (None when it has none)."""
@@ -395,6 +396,10 @@ class Stage1System(DataSystem):
         if c_txt is not None and text_rows:
             text_render = render(c_txt[: len(text_rows)], text_rows)
             outs.append(text_render)
+        if "mask" in batch:  # view k is not the input view when objects have two or more
+            truth = batch["mask"][:m, k]
+            self._val["mask_iou_svr"].append(mask_iou(outs[0]["mask"], truth).cpu())
+            self._val["mask_iou_mapper"].append(mask_iou(outs[1]["mask"], truth).cpu())
         for out in outs:
             background = (out["mask"] < 0.5).expand_as(out["rgb"])
             self._val["bg_sum"].append(out["rgb"][background].sum().cpu())
@@ -424,6 +429,8 @@ class Stage1System(DataSystem):
             "val/iou_svr": mean("iou_svr"),
             "val/iou_mapper": mean("iou_mapper"),
             "val/iou_text": mean("iou_text"),
+            "val/mask_iou_svr": mean("mask_iou_svr"),
+            "val/mask_iou_mapper": mean("mask_iou_mapper"),
         }
         iou_svr, iou_map = logged["val/iou_svr"], logged["val/iou_mapper"]
         if iou_svr is not None and iou_map is not None:

@@ -20,7 +20,10 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="a .ckpt written by `iss3d fit stage1`")
     p.add_argument(
-        "--data", required=True, type=Path, help="multi-view HDF5 with occupancy ground truth"
+        "--data",
+        required=True,
+        type=Path,
+        help="multi-view HDF5 (volumetric IoU where it has occupancy, exact or carved)",
     )
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--clip", default=None, help="CLIP spec (default: the checkpoint's)")
@@ -35,14 +38,15 @@ def _eval_stage1(args) -> int:
     from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
+    from iss3d.core.paths import input_file
+    from iss3d.data.carve import GROUND_TRUTH_NAMES
     from iss3d.infer.stage1_eval import evaluate_stage1
 
     if args.n_steps < 2 or args.render_objects < 0:
         raise UserError("--n-steps must be at least 2 and --render-objects at least 0")
     if args.out:
         check_output_path(args.out)  # before the work, not after it
-    if not args.checkpoint.is_file():
-        raise UserError(f"{args.checkpoint}: no such file")
+    input_file(args.checkpoint, "a stage-1 checkpoint")  # (a name too long for is_file())
     device, note = resolve_device(args.device)
     result = evaluate_stage1(
         args.checkpoint,
@@ -57,6 +61,7 @@ def _eval_stage1(args) -> int:
         # command prints a single line
         print(f"iss3d: {note}", file=sys.stderr)
     print(f"{'split':>15}: {result['split']} ({result['objects']} objects)")
+    print(f"{'truth':>15}: {GROUND_TRUTH_NAMES[result['ground_truth']]}")
     for key, value in result["means"].items():
         print(f"{key:>15}: {value:.4f}")
     if args.out:

@@ -53,8 +53,9 @@ def _eval_svr(args) -> int:
     from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
     from iss3d.core.errors import UserError
+    from iss3d.data.carve import GROUND_TRUTH_NAMES
     from iss3d.data.reader import MultiViewFile
-    from iss3d.infer.svr import GROUND_TRUTH_NAMES, evaluate_svr
+    from iss3d.infer.svr import evaluate_svr
     from iss3d.models.loaders import load_svr
 
     if args.input_views <= 0 or args.n_steps <= 1:

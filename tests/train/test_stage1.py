@@ -134,6 +134,19 @@ def test_fit_stage1_smoke_resume_and_load(tiny_world, svr_ckpt, tmp_path, capsys
         assert means["iou_ratio"] == pytest.approx(means["iou_mapper"] / means["iou_svr"], 1e-5)
     else:
         assert means["iou_ratio"] is None
+    assert result["ground_truth"] == "exact"
+    assert 0 <= means["mask_iou_mapper"] <= 1 and 0 <= means["mask_iou_svr"] <= 1
+
+    # A file without 3D ground truth: held-out views only (renders of the tests' own).
+    from tests.fixtures.primitives import Primitive, write_file
+
+    prims = [Primitive("box", "red", (0.3, 0.2, 0.25)), Primitive("cone", "blue", (0.3,) * 3)]
+    views_only = write_file(tmp_path / "boxes.h5", prims, views=4, res=32, split="val")
+    argv = ["eval", "stage1", str(ckpt), "--data", str(views_only), "--split", "val"]
+    assert main([*argv, "--render-objects", "2", "--n-steps", "8", "--out", str(report)]) == 0
+    result = strict_json(report.read_text())
+    assert result["ground_truth"] == "views" and "iou_svr" not in result["means"]
+    assert 0 <= result["means"]["mask_iou_mapper"] <= 1
 
     # The stage-1 checkpoint alone (+ CLIP) gives the mapper and the fine-tuned decoder.
     svr = load_svr(svr_ckpt)
