@@ -65,6 +65,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_import_dvr)
 
     p = sub.add_parser(
+        "import-folder",
+        help="import a folder of images with masks (or alpha) and a cameras.json",
+        description="Import images, masks and a cameras.json (layout and camera conventions: "
+        "docs/FORMAT.md, 'Importing your own renders').",
+    )
+    p.add_argument("root", type=Path, help="the folder holding cameras.json")
+    p.add_argument("--out", required=True, type=Path, help="output .h5 file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_import_folder)
+
+    p = sub.add_parser(
         "carve",
         help="add 3D ground truth carved from the masks (a visual hull) to a file without it",
     )
@@ -169,6 +180,14 @@ def _import_dvr(args) -> int:
     categories = args.categories.split(",") if args.categories else None
     out = import_dvr(args.root, args.out, categories=categories, input_views=args.input_views)
     print(f"wrote {out}")
+    return 0
+
+
+def _import_folder(args) -> int:
+    from iss3d.data.importers.folder import import_folder
+
+    out, summary = import_folder(args.root, args.out, False if args.no_progress else None)
+    print(f"wrote {out}: {summary}")
     return 0
 
 
