@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iss3d.core.errors import UserError
+from iss3d.infer.cli import fit_all
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
         p.set_defaults(run=lambda args, stage=stage: run_fit(stage, args))
+    fit_all.register(sub)
 
 
 def command_line(stage: FitStage, args: argparse.Namespace) -> str:
