@@ -10,8 +10,8 @@ unfinished one and skips the finished ones):
    training split has captions (the stand-in CLIP learns the set's words); else ``--clip``,
    or the shipped CLIP with a note that it knows only the synthetic world's words.
 4. ``stage1/``: ``iss3d fit stage1 --config stage1/tiny`` on the two.
-5. ``summary.json``: the plan, ``eval svr`` and ``eval stage1`` on the test split, and the
-   ``iss3d generate`` command that uses the result.
+5. ``summary.json``: the plan, ``eval svr``, ``eval stage1`` (and ``eval clip`` of a trained
+   stand-in) on the test split, and the ``iss3d generate`` command that uses the result.
 
 ``--steps N`` trains every stage N steps instead (the same run on any machine). The budget
 (``--budget`` minutes) is shared out (SVR 50%, CLIP 20%, stage 1 30%; the SVR takes
@@ -272,11 +272,18 @@ def evaluate(plan: dict[str, Any], out: Path) -> dict[str, Any]:
         prompt = prompt or f"a {f.categories[test[0]]}"
     s1 = evaluate_stage1(stage1, plan["data"], "test", plan["clip"], render_objects=4)
     generate = ["iss3d", "generate", prompt, "--stage1", str(stage1), "--clip", plan["clip"]]
-    return {
-        "evaluation": {
-            "ground_truth": svr["ground_truth"],
-            "svr": svr["means"],
-            "stage1": s1["means"],
-        },
-        "generate": shlex.join(generate),
-    }
+    evaluation = {"ground_truth": svr["ground_truth"], "svr": svr["means"], "stage1": s1["means"]}
+    if plan["train_clip"]:
+        evaluation["clip"] = clip_figures(plan)
+    return {"evaluation": evaluation, "generate": shlex.join(generate)}
+
+
+def clip_figures(plan: dict[str, Any]) -> dict[str, float]:
+    """``eval clip`` of the trained stand-in on the test split, the captions as classes (or
+    the synthetic world's colour x category prompts on a world file)."""
+    from iss3d.models.clip import load_clip
+    from iss3d.train.clip import zero_shot_accuracy
+
+    result = zero_shot_accuracy(load_clip(plan["clip"]), plan["data"], "test")
+    keys = ("top1", "text_to_image_r1", "colour_acc", "category_acc")
+    return {"classes": result["classes"], **{k: result[k] for k in keys if k in result}}

@@ -43,6 +43,8 @@ def test_fit_all_trains_evaluates_and_resumes(renders, tmp_path, capsys):
     evaluation = summary["evaluation"]
     assert evaluation["ground_truth"] == "visual_hull"
     assert 0 <= evaluation["svr"]["iou"] <= 1 and 0 <= evaluation["stage1"]["mask_iou_mapper"] <= 1
+    assert evaluation["clip"]["classes"] == 8  # every first caption of the file is a class
+    assert 0 <= evaluation["clip"]["top1"] <= 1
     assert summary["generate"].endswith(f"--clip {out / 'clip' / 'clip.pt'}")
 
     assert main(["fit", "all", "--data", str(renders), "--out", str(out), *TINY, "--resume"]) == 0
