@@ -592,13 +592,13 @@ def fit_clip(
                 "(set trainer.val_check_interval=0 to train without validation)"
             )
         zero_shot_classes(datamodule.file)  # a dataset without classes fails here
-    run_dir = runs.RunDir(out if out is not None else runs.default_run_dir("clip", cfg.run.name))
+    run_dir = runs.run_folder("clip", cfg.run.name, out)
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
     system = ClipSystem(cfg)
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "clip", enable_progress_bar=progress)
-    runs.fit(trainer, system, datamodule, ckpt)
+    runs.fit(trainer, system, datamodule, ckpt, run_dir)
     if not trainer.is_global_zero:
         return 0
     exported = export_checkpoint(

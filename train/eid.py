@@ -184,13 +184,13 @@ def fit_eid(
             f"{cfg.data.path}: no objects in the validation split {cfg.data.val_split!r} "
             "(set trainer.val_check_interval=0 to train without validation)"
         )
-    run_dir = runs.RunDir(out or runs.default_run_dir("eid", cfg.run.name))
+    run_dir = runs.run_folder("eid", cfg.run.name, out)
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
     cfg.march.note_unreached(cfg.trainer.max_steps)
     system = EIDSystem(cfg, clip)
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "eid", enable_progress_bar=progress)
-    runs.fit(trainer, system, datamodule, ckpt)
+    runs.fit(trainer, system, datamodule, ckpt, run_dir)
     runs.report(trainer, f"run folder: {run_dir.path} (step {trainer.global_step})")
     return 0

@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 
+#: Points per cloud at most (TreeGAN's FPD uses 2,048; a batch holds batch_size x this).
+MAX_POINTS = 65536
+
+
 @dataclass
 class PointNetDataConfig:
     """The data of ``fit pointnet`` (YAML section ``data``).
@@ -66,8 +70,10 @@ class PointNetDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.points < 16:
-            raise UserError(f"data config: 'points' must be >= 16, got {self.points}")
+        if not 16 <= self.points <= MAX_POINTS:
+            raise UserError(
+                f"data config: 'points' must be in [16, {MAX_POINTS}], got {self.points}"
+            )
         if self.batch_size < 2:
             raise UserError("data config: 'batch_size' must be >= 2 (BatchNorm)")
         if self.jitter < 0 or self.num_workers < 0 or self.seed < 0:
@@ -226,7 +232,7 @@ def fit_pointnet(
                 f"{d.path}: no objects in the validation split {d.val_split!r} "
                 "(set trainer.val_check_interval=0 to train without validation)"
             )
-    run_dir = runs.RunDir(out or runs.default_run_dir("pointnet", cfg.run.name))
+    run_dir = runs.run_folder("pointnet", cfg.run.name, out)
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
     system = PointNetSystem(cfg, categories, k)
@@ -234,7 +240,7 @@ def fit_pointnet(
     trainer = runs.make_trainer(
         run_dir, cfg.trainer, cfg.run, "pointnet", enable_progress_bar=progress
     )
-    runs.fit(trainer, system, _Data(train, val, d), ckpt)
+    runs.fit(trainer, system, _Data(train, val, d), ckpt, run_dir)
     if not trainer.is_global_zero:
         return 0
     path = export_pointnet(

@@ -39,7 +39,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback, WeightAveraging
 
-from iss3d.core.atomic import atomic_output
+from iss3d.core.atomic import atomic_output, check_output_path
 from iss3d.core.config import read_yaml
 from iss3d.core.errors import UserError
 
@@ -62,6 +62,7 @@ __all__ = [
     "report",
     "resolve_precision",
     "restore_random_states",
+    "run_folder",
     "seed_run",
 ]
 
@@ -217,6 +218,14 @@ def _is_number(v: Any) -> bool:
 # -- run folders --------------------------------------------------------------------------
 
 
+def run_folder(stage: str, name: str, out: Path | None) -> RunDir:
+    """The run folder of a ``fit`` command: ``--out`` (its parent must exist), or the default
+    ``runs/<stage>-<name>-<time>`` (made with its parents)."""
+    if out is not None:
+        return RunDir(out)
+    return RunDir(default_run_dir(stage, name), make_parents=True)
+
+
 def default_run_dir(stage: str, name: str, root: str | os.PathLike = "runs") -> Path:
     """``runs/<stage>-<name>-<YYYYmmdd-HHMMSS>`` (with a ``-<n>`` suffix if that exists)."""
     base = Path(root) / f"{stage}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -277,9 +286,13 @@ class RunDir:
     CONFIG = "config.yaml"
     COMMAND = "command.txt"
 
-    def __init__(self, path: str | os.PathLike, rank: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike, rank: int | None = None, make_parents: bool = False
+    ):
         self.path = Path(path)
         self.rank = launch_rank() if rank is None else rank
+        self.make_parents = make_parents  # a default folder (runs/...): its parents may be made
+        self.created = False  # whether this invocation made the folder
 
     @property
     def checkpoints(self) -> Path:
@@ -305,6 +318,8 @@ class RunDir:
         if p.exists() and not p.is_dir():
             raise UserError(f"{p}: exists and is not a folder")
         if not resume:
+            if not p.exists() and not self.make_parents:
+                check_output_path(p)  # a name the file system takes, in an existing folder
             if p.is_dir() and any(p.iterdir()):
                 raise UserError(
                     f"{p}: run folder exists and is not empty (add --resume to continue it, "
@@ -340,6 +355,7 @@ class RunDir:
         """
         if self.rank > 0:
             return
+        self.created = self.created or not self.path.exists()
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -568,13 +584,22 @@ def make_trainer(
     )
 
 
-def fit(trainer, system, datamodule, ckpt_path: Path | None) -> None:
+def fit(trainer, system, datamodule, ckpt_path: Path | None, run_dir: RunDir) -> None:
     """``trainer.fit`` from ``ckpt_path`` (None: from scratch). Lightning's own interrupt
-    handling keeps what was written; the CLI reports an interrupt with its exit code."""
+    handling keeps what was written; the CLI reports an interrupt with its exit code. A run
+    that fails (bad data found mid-way, Ctrl-C) before its first checkpoint leaves no folder
+    behind when this invocation made it: there is nothing in it to resume."""
+    import shutil
+
     ckpt = str(ckpt_path) if ckpt_path else None
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-    if getattr(trainer, "interrupted", False):
-        raise KeyboardInterrupt
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        if getattr(trainer, "interrupted", False):
+            raise KeyboardInterrupt
+    except BaseException:
+        if run_dir.created and run_dir.rank == 0 and not run_dir.last_checkpoint.exists():
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
 
 
 def report(trainer, text: str) -> None:

@@ -515,7 +515,7 @@ def fit_stage1(
                 "validation skips the text IoU (val/iou_text)",
                 file=sys.stderr,
             )
-    run_dir = runs.RunDir(out if out is not None else runs.default_run_dir("stage1", cfg.run.name))
+    run_dir = runs.run_folder("stage1", cfg.run.name, out)
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
     cfg.march.note_unreached(cfg.trainer.max_steps)
@@ -524,6 +524,6 @@ def fit_stage1(
     trainer = runs.make_trainer(
         run_dir, cfg.trainer, cfg.run, "stage1", enable_progress_bar=progress
     )
-    runs.fit(trainer, system, datamodule, ckpt)
+    runs.fit(trainer, system, datamodule, ckpt, run_dir)
     runs.report(trainer, f"run folder: {run_dir.path} (step {trainer.global_step})")
     return 0

@@ -567,13 +567,13 @@ def fit_svr(
             f"{cfg.data.path}: no objects in the validation split {cfg.data.val_split!r} "
             "(set trainer.val_check_interval=0 to train without validation)"
         )
-    run_dir = runs.RunDir(out if out is not None else runs.default_run_dir("svr", cfg.run.name))
+    run_dir = runs.run_folder("svr", cfg.run.name, out)
     config_dict = cfg.to_dict()
     ckpt = run_dir.check(config_dict, resume)
     cfg.march.note_unreached(cfg.trainer.max_steps)
     system = SVRSystem(cfg, image_dir=run_dir.path / "val")
     run_dir.create(config_dict, command)
     trainer = runs.make_trainer(run_dir, cfg.trainer, cfg.run, "svr", enable_progress_bar=progress)
-    runs.fit(trainer, system, datamodule, ckpt)
+    runs.fit(trainer, system, datamodule, ckpt, run_dir)
     runs.report(trainer, f"run folder: {run_dir.path} (step {trainer.global_step})")
     return 0

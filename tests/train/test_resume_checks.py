@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,46 @@ def test_keep_checkpoints_keeps_the_latest_steps(tiny_world, tmp_path):
     assert kept == ["last.ckpt", "step_3.ckpt", "step_4.ckpt"]
     step_3 = torch.load(run / "checkpoints" / "step_3.ckpt", weights_only=True)
     assert step_3["global_step"] == 3
+
+
+def test_out_in_a_missing_folder_is_refused_before_anything(tiny_world, tmp_path, capsys):
+    out = tmp_path / "missing" / "run"
+    assert fit(tiny_world, out, "trainer.max_steps=1") == 2
+    assert "missing: output folder does not exist" in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tiny_world, tmp_path):
+    """Bad values the data module meets only while training (NaN occupancy samples): one
+    line, exit 2, and no run folder (it holds nothing to resume)."""
+    import h5py
+
+    bad = tmp_path / "nan.h5"
+    shutil.copy(tiny_world, bad)
+    with h5py.File(bad, "r+") as f:
+        points = f["eval/occ_points"]
+        points[...] = np.full(points.shape, np.nan, dtype=points.dtype)
+    out = tmp_path / "run"
+    assert fit(bad, out, "trainer.max_steps=2", "trainer.val_check_interval=0") == 2
+    assert not out.exists()
+
+
+def test_a_failure_mid_training_removes_the_folder_it_made(tiny_world, tmp_path, monkeypatch):
+    """A problem met at the second step (no checkpoint yet) leaves no run folder; the same
+    after a checkpoint leaves the folder to resume from."""
+    from iss3d.train.svr import SVRSystem
+
+    plain = SVRSystem.training_step
+
+    def fails_at_step_1(self, batch, batch_idx):
+        if self.global_step == 1:
+            raise UserError("object 3: broken")
+        return plain(self, batch, batch_idx)
+
+    monkeypatch.setattr(SVRSystem, "training_step", fails_at_step_1)
+    out = tmp_path / "run"
+    assert fit(tiny_world, out, "trainer.max_steps=3", "trainer.val_check_interval=0") == 2
+    assert not out.exists()
+    every = ["trainer.max_steps=3", "trainer.val_check_interval=0", "trainer.checkpoint_every=1"]
+    assert fit(tiny_world, out, *every) == 2
+    assert (out / "checkpoints" / "last.ckpt").is_file()
