@@ -59,9 +59,14 @@ class CarveConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, least in (("grid", 16), ("occ_uniform", 1), ("occ_near", 0)):
+        # occ_uniform and occ_near are both set by --occ-points
+        for name, flag, least in (
+            ("grid", "--grid", 16),
+            ("occ_uniform", "--occ-points", 1),
+            ("occ_near", "--occ-points", 0),
+        ):
             if getattr(self, name) < least:
-                raise UserError(f"carve: --{name.replace('_', '-')} must be >= {least}")
+                raise UserError(f"carve: {flag} must be >= {least}")
         if self.surface_points < 1:
             raise UserError("carve: --surface-points must be >= 1")
         if self.views is not None and self.views < 1:

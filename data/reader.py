@@ -16,6 +16,7 @@ from iss3d.core.paths import input_file
 from iss3d.data import schema
 from iss3d.data.cameras import first_invalid_matrix
 from iss3d.data.records import (
+    SPLITS,
     InputViews,
     ObjectRecord,
     OccupancySamples,
@@ -52,6 +53,12 @@ def check_header(f: h5py.File, path: Path) -> None:
     missing = [a for a in schema.ROOT_ATTRS if a not in f.attrs]
     if missing:
         raise UserError(f"{path}: missing root attribute {missing[0]!r}")
+    for name in ("height", "width"):
+        value = f.attrs[name]
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
+            raise UserError(
+                f"{path}: attribute {name} is {value!r}, expected a positive number of pixels"
+            )
 
 
 class MultiViewFile:
@@ -83,6 +90,7 @@ class MultiViewFile:
             f.close()
 
     def _load_tables(self, f: h5py.File) -> None:
+        check_structure(f, self.path)
         self.height = int(f.attrs["height"])
         self.width = int(f.attrs["width"])
         self.pixel_convention = _str(f.attrs["pixel_convention"])
@@ -195,10 +203,13 @@ class MultiViewFile:
         self.h5  # noqa: B018
         ds = self._datasets
         obj = int(self.view_object[view])
+        depth = ds["depth"][view] if self.has_depth else None
+        if depth is not None and np.isnan(depth).any():
+            raise UserError(f"{self.path}: views/depth[{view}] contains NaN")
         return ViewSample(
             rgb=ds["rgb"][view],
             mask=ds["mask"][view].astype(bool),
-            depth=ds["depth"][view] if self.has_depth else None,
+            depth=depth,
             world_mat=self.world_mats[view],
             camera_mat=self.camera_mats[view],
             scale_mat=self.scale_mats[obj],
@@ -210,7 +221,7 @@ class MultiViewFile:
             return None
         ev = self.h5["eval"]
         return OccupancySamples(
-            points=ev["occ_points"][obj].astype(np.float32),
+            points=self._finite(ev["occ_points"][obj].astype(np.float32), "occ_points", obj),
             inside=ev["occ_inside"][obj],
             n_uniform=self.occ_uniform_count,
         )
@@ -220,10 +231,26 @@ class MultiViewFile:
             return None
         ev = self.h5["eval"]
         return SurfaceSamples(
-            points=ev["surface_points"][obj],
-            normals=ev["surface_normals"][obj],
+            points=self._finite(ev["surface_points"][obj], "surface_points", obj),
+            normals=self._finite(ev["surface_normals"][obj], "surface_normals", obj),
             colors=ev["surface_colors"][obj],
         )
+
+    def check_ground_truth(self, objects: np.ndarray | list[int]) -> None:
+        """Read the occupancy samples and surface points of ``objects`` (rows), so that a
+        non-finite value is a UserError now rather than in the middle of a run."""
+        for obj in objects:
+            self.read_occupancy(int(obj))
+            self.read_surface(int(obj))
+
+    def _finite(self, values: np.ndarray, name: str, obj: int) -> np.ndarray:
+        """``values`` (object ``obj``'s row of ``eval/<name>``), if all finite; else UserError."""
+        if not np.isfinite(values).all():
+            raise UserError(
+                f"{self.path}: eval/{name}[{obj}] (object {self.object_ids[obj]}) contains NaN "
+                "or infinite values"
+            )
+        return values
 
     def read_input_views(self, obj: int) -> InputViews | None:
         if not self.has_input_views:
@@ -280,6 +307,71 @@ def check_camera_tables(
     if found:
         i, problem = found
         raise UserError(f"{path}: objects/scale_mat[{i}] (object {ids[i]}) {problem}")
+
+
+def check_structure(f: h5py.File, path: Path) -> None:
+    """UserError naming the first dataset of ``f`` (a file whose header passed
+    :func:`check_header`) that is missing or whose shape, dtype or index table does not fit:
+    the view and object tables, splits, view ranges and caption ranges. Reads only the small
+    tables, so every reader checks this."""
+    views, objects = _group(f, "views", path), _group(f, "objects", path)
+    h, w = int(f.attrs["height"]), int(f.attrs["width"])
+    n = _dataset(views, "rgb", path).shape[0]
+    o = _dataset(objects, "object_id", path).shape[0]
+    if o == 0:
+        raise UserError(f"{path}: objects is empty")
+    expect_shape(path, _dataset(views, "rgb", path), (n, h, w, 3), np.uint8)
+    expect_shape(path, _dataset(views, "mask", path), (n, h, w))
+    if bool(f.attrs["has_depth"]):
+        expect_shape(path, _dataset(views, "depth", path), (n, h, w), np.float32)
+    for name in schema.VIEW_MATRIX_DATASETS:
+        expect_shape(path, _dataset(views, name, path), (n, 4, 4))
+    expect_shape(path, _dataset(views, "object_index", path), (n,))
+    for name in (*schema.OBJECT_STRING_DATASETS, *schema.OBJECT_INDEX_DATASETS):
+        expect_shape(path, _dataset(objects, name, path), (o,))
+    expect_shape(path, _dataset(objects, "scale_mat", path), (o, 4, 4))
+    _check_index_tables(f, path, n)
+
+
+def _check_index_tables(f: h5py.File, path: Path, n: int) -> None:
+    """Splits, contiguous view ranges, object indices of views and caption ranges."""
+    objects = f["objects"]
+    bad = [str(s) for s in _strings(objects["split"]) if s not in SPLITS]
+    if bad:
+        raise UserError(f"{path}: objects/split has {bad[0]!r}, expected one of {SPLITS}")
+    offset, count = objects["view_offset"][:], objects["view_count"][:]
+    expected_offset = np.concatenate([[0], np.cumsum(count)[:-1]])
+    if (count <= 0).any() or not np.array_equal(offset, expected_offset) or count.sum() != n:
+        raise UserError(
+            f"{path}: objects/view_offset does not describe contiguous, non-empty view ranges"
+        )
+    if not np.array_equal(f["views/object_index"][:], np.repeat(np.arange(len(count)), count)):
+        raise UserError(f"{path}: views/object_index disagrees with objects/view_offset")
+    c_offset, c_count = objects["caption_offset"][:], objects["caption_count"][:]
+    n_captions = _dataset(f, "captions", path).shape[0]
+    if (c_count < 0).any() or (c_offset < 0).any() or (c_offset + c_count > n_captions).any():
+        raise UserError(f"{path}: objects/caption_offset points outside captions")
+
+
+def _group(f: h5py.File, name: str, path: Path) -> h5py.Group:
+    if not isinstance(f.get(name), h5py.Group):
+        raise UserError(f"{path}: missing dataset {name!r}")
+    return f[name]
+
+
+def _dataset(group: h5py.Group, name: str, path: Path) -> h5py.Dataset:
+    if not isinstance(group.get(name), h5py.Dataset):
+        full = f"{group.name}/{name}".strip("/")
+        raise UserError(f"{path}: missing dataset {full!r}")
+    return group[name]
+
+
+def expect_shape(path: Path, ds: h5py.Dataset, shape: tuple, dtype=None) -> None:
+    """UserError unless ``ds`` has ``shape`` (and ``dtype``, when given)."""
+    if ds.shape != shape:
+        raise UserError(f"{path}: {ds.name} has shape {ds.shape}, expected {shape}")
+    if dtype is not None and ds.dtype != np.dtype(dtype):
+        raise UserError(f"{path}: {ds.name} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
 
 
 def parse_json(text: str, path: Path, where: str) -> Any:

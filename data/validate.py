@@ -12,8 +12,14 @@ import numpy as np
 from iss3d.core.errors import UserError
 from iss3d.data import schema
 from iss3d.data.cameras import PIXEL_CONVENTIONS
-from iss3d.data.reader import check_camera_tables, check_header, open_h5, parse_json
-from iss3d.data.records import SPLITS
+from iss3d.data.reader import (
+    check_camera_tables,
+    check_header,
+    check_structure,
+    expect_shape,
+    open_h5,
+    parse_json,
+)
 
 BLOCK = 256  # views read per step when scanning images
 
@@ -35,14 +41,8 @@ def _fail(path: Path, where: str, what: str) -> None:
     raise UserError(f"{path}: {where} {what}")
 
 
-def _expect_shape(path: Path, ds: h5py.Dataset, shape: tuple, dtype=None) -> None:
-    if ds.shape != shape:
-        _fail(path, ds.name, f"has shape {ds.shape}, expected {shape}")
-    if dtype is not None and ds.dtype != np.dtype(dtype):
-        _fail(path, ds.name, f"has dtype {ds.dtype}, expected {np.dtype(dtype)}")
-
-
 def _check(f: h5py.File, path: Path) -> dict:
+    check_structure(f, path)
     h, w = int(f.attrs["height"]), int(f.attrs["width"])
     convention = f.attrs["pixel_convention"]
     convention = convention.decode() if isinstance(convention, bytes) else str(convention)
@@ -56,18 +56,6 @@ def _check(f: h5py.File, path: Path) -> dict:
     views, objects = f["views"], f["objects"]
     n = views["rgb"].shape[0]
     o = objects["object_id"].shape[0]
-    if o == 0:
-        _fail(path, "objects", "is empty")
-    _expect_shape(path, views["rgb"], (n, h, w, 3), np.uint8)
-    _expect_shape(path, views["mask"], (n, h, w))
-    if has_depth:
-        _expect_shape(path, views["depth"], (n, h, w), np.float32)
-    for name in schema.VIEW_MATRIX_DATASETS:
-        _expect_shape(path, views[name], (n, 4, 4))
-    _expect_shape(path, views["object_index"], (n,))
-    for name in (*schema.OBJECT_STRING_DATASETS, *schema.OBJECT_INDEX_DATASETS):
-        _expect_shape(path, objects[name], (o,))
-    _expect_shape(path, objects["scale_mat"], (o, 4, 4))
 
     declared = int(f.attrs.get("num_objects", o))
     if declared != o:
@@ -79,20 +67,8 @@ def _check(f: h5py.File, path: Path) -> dict:
     parse_json(info.decode() if isinstance(info, bytes) else str(info), path, "attribute info")
     for i, text in enumerate(objects["meta"].asstr()[:]):
         parse_json(text, path, f"objects/meta[{i}] (object {ids[i]})")
-    splits = objects["split"].asstr()[:]
-    bad = [s for s in splits if s not in SPLITS]
-    if bad:
-        _fail(path, "objects/split", f"has {bad[0]!r}, expected one of {SPLITS}")
-    offset, count = objects["view_offset"][:], objects["view_count"][:]
-    expected_offset = np.concatenate([[0], np.cumsum(count)[:-1]])
-    if (count <= 0).any() or not np.array_equal(offset, expected_offset) or count.sum() != n:
-        _fail(path, "objects/view_offset", "does not describe contiguous, non-empty view ranges")
-    if not np.array_equal(views["object_index"][:], np.repeat(np.arange(o), count)):
-        _fail(path, "views/object_index", "disagrees with objects/view_offset")
-    c_offset, c_count = objects["caption_offset"][:], objects["caption_count"][:]
+    offset = objects["view_offset"][:]
     n_captions = f["captions"].shape[0]
-    if (c_count < 0).any() or (c_offset + c_count > n_captions).any():
-        _fail(path, "objects/caption_offset", "points outside captions")
 
     check_camera_tables(
         path, ids, offset, views["world_mat"][:], views["camera_mat"][:], objects["scale_mat"][:]
@@ -122,8 +98,8 @@ def _check_eval(f: h5py.File, path: Path, o: int) -> dict:
     ev, out = f["eval"], {}
     if "occ_points" in ev:
         p = ev["occ_points"].shape[1]
-        _expect_shape(path, ev["occ_points"], (o, p, 3))
-        _expect_shape(path, ev["occ_inside"], (o, p))
+        expect_shape(path, ev["occ_points"], (o, p, 3))
+        expect_shape(path, ev["occ_inside"], (o, p))
         n_uniform = int(ev.attrs["occ_uniform_count"])
         if not 0 <= n_uniform <= p:
             _fail(path, "eval attribute occ_uniform_count", f"is {n_uniform}, outside [0, {p}]")
@@ -134,13 +110,12 @@ def _check_eval(f: h5py.File, path: Path, o: int) -> dict:
     if "surface_points" in ev:
         s = ev["surface_points"].shape[1]
         for name in schema.EVAL_SURFACE:
-            _expect_shape(path, ev[name], (o, s, 3))
+            expect_shape(path, ev[name], (o, s, 3))
         for start, stop in _blocks(o, 64):
-            if not np.isfinite(ev["surface_points"][start:stop]).all():
-                _fail(
-                    path, f"eval/surface_points[{start}:{stop}]", "contains NaN or infinite values"
-                )
-            _ = ev["surface_normals"][start:stop], ev["surface_colors"][start:stop]
+            for name in ("surface_points", "surface_normals"):
+                if not np.isfinite(ev[name][start:stop]).all():
+                    _fail(path, f"eval/{name}[{start}:{stop}]", "contains NaN or infinite values")
+            _ = ev["surface_colors"][start:stop]
         out["surface_points"] = s
     return out
 
@@ -151,9 +126,9 @@ def _check_input_views(f: h5py.File, path: Path, o: int) -> dict:
     iv = f["input_views"]
     m = iv["rgb"].shape[0]
     h, w = int(iv.attrs["height"]), int(iv.attrs["width"])
-    _expect_shape(path, iv["rgb"], (m, h, w, 3), np.uint8)
+    expect_shape(path, iv["rgb"], (m, h, w, 3), np.uint8)
     for name in schema.VIEW_MATRIX_DATASETS:
-        _expect_shape(path, iv[name], (m, 4, 4))
+        expect_shape(path, iv[name], (m, 4, 4))
     index = iv["object_index"][:]
     if len(index) != m or (np.diff(index) < 0).any() or (index >= o).any():
         _fail(path, "input_views/object_index", "is not a sorted list of object rows")

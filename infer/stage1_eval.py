@@ -75,6 +75,7 @@ def evaluate_stage1(
     with MultiViewFile(data) as mv:
         truth = ground_truth_source(mv) or "views"
         objects = len(mv.objects_in(split))
+        mv.check_ground_truth(mv.objects_in(split))  # before Lightning starts (one-line errors)
     if objects == 0:
         raise UserError(f"{data}: no objects in split {split!r}")
     cfg = dataclasses.replace(

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,9 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """
     p = input_file(path, f"a {what} file")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            # torch warns (a second stderr line) about pickles it is about to refuse anyway
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(p, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
@@ -184,8 +187,9 @@ def load_state_into(
 
     Raises:
         UserError: the first missing key, the first unexpected key, the first non-tensor value,
-            or the first shape mismatch, e.g. ``ckpt.pt: shape mismatch for
-            decoder.fc_p.weight: checkpoint (512, 3) vs model (128, 3)``.
+            the first shape mismatch, e.g. ``ckpt.pt: shape mismatch for
+            decoder.fc_p.weight: checkpoint (512, 3) vs model (128, 3)``, or the first tensor
+            with NaN or infinite values.
     """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_SUFFIXES)]
@@ -211,6 +215,10 @@ def load_state_into(
             raise UserError(
                 f"{path}: shape mismatch for {prefix + key}: checkpoint {_shape(value)} "
                 f"vs model {_shape(target)}"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(
+                f"{path}: {prefix + key} holds NaN or infinite values (a diverged training run?)"
             )
         full[key] = value
     module.load_state_dict(full, strict=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,15 +83,17 @@ def import_blender(
     root = Path(root)
     splits = tuple(splits)
     if not splits or any(not isinstance(s, str) or not s for s in splits):
-        raise UserError(f"splits must be non-empty names, got {list(splits)!r}")
+        raise UserError(f"splits (--splits) must be non-empty names, got {list(splits)!r}")
     if len(set(splits)) != len(splits):
-        raise UserError(f"splits has repeated names: {list(splits)!r}")
+        raise UserError(f"splits (--splits) has repeated names: {list(splits)!r}")
     if object_split not in SPLITS:
-        raise UserError(f"object split {object_split!r} is not one of {SPLITS}")
+        raise UserError(f"object split (--object-split) {object_split!r} is not one of {SPLITS}")
     if not (isinstance(bound, int | float) and math.isfinite(bound) and bound > 0):
-        raise UserError(f"bound must be a positive number, got {bound!r}")
+        raise UserError(f"bound (--bound) must be a positive number, got {bound!r}")
     if category is not None and not category.strip():
-        raise UserError("category must not be empty")
+        raise UserError("category (--category) must not be empty")
+    if category is not None and any(unicodedata.category(ch) == "Cc" for ch in category):
+        raise UserError(f"category (--category) {category!r} holds a control character")
 
     scenes = scan_blender(root, splits)
     first = scenes[0].frames[0].image
@@ -154,6 +157,8 @@ def read_transforms(path: Path, split: str) -> list[BlenderFrame]:
         raise UserError(
             f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
         ) from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to be a transforms file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):

@@ -8,6 +8,7 @@ Layout read (one folder per ShapeNet synset, one per model)::
     ROOT/<synset>/<model>/depth/000.exr ...         camera-space z (optional)
     ROOT/<synset>/<model>/cameras.npz               world_mat_i, camera_mat_i, scale_mat_i (opt.)
     ROOT/<synset>/<model>/img_choy2016/*.jpg + cameras.npz   input views (optional)
+    ROOT/metadata.yaml                              synset id -> {id, name} (optional; checked)
 
 View i is the i-th file of image/ in name order (as DVR loads it) and uses the matrices
 ``*_mat_i``; mask/ and depth/ files must have the same names. The cameras are DVR's own
@@ -27,11 +28,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from iss3d.core.config import read_yaml
 from iss3d.core.errors import UserError
+from iss3d.core.paths import input_file
 from iss3d.data.cameras import is_valid_matrix
 from iss3d.data.images import (
     DEPTH_BACKGROUND,
@@ -63,6 +67,7 @@ SHAPENET_SYNSETS = {
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INPUT_VIEWS_FOLDER = "img_choy2016"
+METADATA_FILE = "metadata.yaml"
 
 
 @dataclass
@@ -154,10 +159,13 @@ def scan_dvr(root: Path, categories: list[str] | None = None) -> tuple[list[DvrM
         raise UserError(f"{root}: no such folder")
     if not root.is_dir():
         raise UserError(f"{root}: is not a folder (expected DVR's ShapeNet folder)")
+    check_metadata(root)
     synset_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if isinstance(categories, str):
         categories = [categories]
     if categories is not None:
+        if not categories or any(not isinstance(c, str) or not c.strip() for c in categories):
+            raise UserError(f"categories (--categories) must be synset ids, got {categories!r}")
         found = {p.name for p in synset_dirs}
         for cat in categories:
             if cat not in found:
@@ -191,6 +199,30 @@ def scan_dvr(root: Path, categories: list[str] | None = None) -> tuple[list[DvrM
     return models, skipped, missing
 
 
+def check_metadata(root: Path) -> dict[Any, Any] | None:
+    """``ROOT/metadata.yaml`` (DVR's category table: synset id -> {id, name}), checked; None
+    when the folder has none.
+
+    Raises:
+        UserError naming the file: not a regular file (a FIFO is never opened), not UTF-8,
+            invalid YAML (aliases refused), or not a mapping of synset ids to mappings whose
+            ``name`` (when given) is text.
+    """
+    path = root / METADATA_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    table = read_yaml(path, contents="synset ids to categories")
+    for synset, entry in table.items():
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"{path}: entry {synset!r} is {type(entry).__name__}, expected a mapping with "
+                "the category's id and name"
+            )
+        if not isinstance(entry.get("name", ""), str):
+            raise UserError(f"{path}: entry {synset!r} has a name that is not text")
+    return table
+
+
 def _read_split_lists(synset_dir: Path) -> dict[str, str] | None:
     """model id -> split from the synset's .lst files; None when it has none."""
     lists = [(s, synset_dir / f"{s}.lst") for s in SPLITS if (synset_dir / f"{s}.lst").exists()]
@@ -199,6 +231,7 @@ def _read_split_lists(synset_dir: Path) -> dict[str, str] | None:
     assignment: dict[str, str] = {}
     source: dict[str, Path] = {}
     for split, path in lists:
+        input_file(path, "a split list (.lst)")  # a FIFO would block the read forever
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:

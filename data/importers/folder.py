@@ -72,6 +72,8 @@ def read_cameras_json(root: Path) -> dict[str, Any]:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to be a cameras file") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("frames"), list):
         raise UserError(f"{path}: needs a 'frames' list")
     convention = spec.get("convention", "opencv")

@@ -21,6 +21,12 @@ from iss3d.data.synth.groundtruth import occupancy_samples, surface_samples
 from iss3d.data.synth.render import render_object
 from iss3d.data.writer import MultiViewWriter
 
+#: Upper bound of the ground-truth samples per object (surface points; uniform and
+#: near-surface occupancy samples each): far more than any evaluation uses.
+MAX_POINTS = 1_000_000
+#: Upper bound of ``--workers`` (each process imports torch).
+MAX_WORKERS = 256
+
 
 @dataclass
 class SynthConfig:
@@ -62,6 +68,13 @@ class SynthConfig:
                 raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.surface_points < 2048:
             raise UserError(f"--surface-points must be at least 2048, got {self.surface_points}")
+        for flag, value in (
+            ("--surface-points", self.surface_points),
+            ("--occ-points", self.occ_uniform),
+            ("--occ-points", self.occ_near),
+        ):
+            if not 1 <= value <= MAX_POINTS:
+                raise UserError(f"{flag} must be between 1 and {MAX_POINTS}, got {value}")
         if not 0 <= self.val_fraction + self.test_fraction < 1:
             raise UserError("val and test fractions must sum to less than 1")
 
@@ -146,6 +159,20 @@ def _make_object_job(args: tuple[ObjectPlan, SynthConfig]) -> ObjectRecord:
     return make_object(*args)
 
 
+def worker_count(workers: int | None, objects: int) -> int:
+    """The processes to build ``objects`` objects with: ``workers`` (0 or None: one per core),
+    never more than the objects.
+
+    Raises:
+        UserError: ``workers`` is negative or above :data:`MAX_WORKERS`.
+    """
+    if workers is not None and not 0 <= workers <= MAX_WORKERS:
+        raise UserError(
+            f"--workers must be between 0 (one per core) and {MAX_WORKERS}, got {workers}"
+        )
+    return max(1, min(workers or os.cpu_count() or 1, objects))
+
+
 def synthesize(
     out: str | os.PathLike,
     cfg: SynthConfig,
@@ -154,7 +181,7 @@ def synthesize(
 ) -> Path:
     """Build the dataset file ``out``. ``workers``: processes (default: one per core)."""
     cfg.check()
-    workers = workers or os.cpu_count() or 1
+    workers = worker_count(workers, cfg.objects)
     plans = plan_objects(cfg)
     jobs = [(plan, cfg) for plan in plans]
     with MultiViewWriter(

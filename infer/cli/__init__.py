@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import signal
 import sys
 import threading
@@ -81,6 +83,11 @@ def _sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
+#: OSErrors that only a path the user gave can cause (``Path.exists()`` and friends raise
+#: them rather than answer False): reported like a UserError, naming the path.
+PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line to stderr and return 2, Ctrl-C returns 130
     and SIGTERM 143, with nothing half-written left behind."""
@@ -90,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.run(args) or 0)
     except UserError as err:
         print(f"iss3d: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in PATH_ERRNOS or err.filename is None:
+            raise
+        print(f"iss3d: error: {os.fsdecode(err.filename)}: {err.strerror}", file=sys.stderr)
         return 2
     except Terminated:
         print("iss3d: terminated; no partial outputs were kept", file=sys.stderr)

@@ -110,7 +110,10 @@ def make_plan(args: argparse.Namespace, start: float) -> dict[str, Any]:
     from iss3d.core.paths import input_file
     from iss3d.data.carve import CarveConfig, carve_file, ground_truth_source
     from iss3d.data.reader import MultiViewFile
+    from iss3d.models.clip import load_clip
 
+    if args.clip is not None:
+        load_clip(args.clip)  # a bad spec fails now, not after the SVR has trained
     source = input_file(args.data, "a dataset file (.h5)")
     with MultiViewFile(source) as f:
         train = f.objects_in("train")
@@ -120,7 +123,10 @@ def make_plan(args: argparse.Namespace, start: float) -> dict[str, Any]:
         validate = len(f.objects_in("val")) > 0
         captions = sum(1 for o in train if any(str(c).strip() for c in f.captions[o]))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
     data = source
     if truth is None:
         data = carve_file(source, out / "data.h5", CarveConfig(), progress=not args.no_progress)
@@ -207,6 +213,7 @@ def svr_checkpoint(plan: dict[str, Any], out: Path) -> Path:
 def seconds_per_step(stage: str, plan: dict[str, Any], probes: Path) -> float:
     """Seconds per training step of ``stage`` here: (time of a 6-step run - a 2-step one) / 4."""
     times = []
+    probes.mkdir(parents=True, exist_ok=True)
     for steps in PROBE_STEPS:
         cfg = stage_config(stage, plan, probes.parent, steps, probe=True)
         run = probes / f"{stage}-{steps}"

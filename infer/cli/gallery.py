@@ -25,19 +25,42 @@ def turntable_row(run: Path, frames: int) -> tuple[str, list]:
     """(prompt, up to ``frames`` evenly spread frames) of one generate output folder.
 
     Raises:
-        UserError: not a generate output (no report.json / turntable.png).
+        UserError: not a generate output (no report.json / turntable.png), a report that is
+            not a JSON object, a turntable strip that is not an image of square frames.
     """
     from PIL import Image
+
+    from iss3d.data.images import read_image
 
     report, strip = run / "report.json", run / "turntable.png"
     if not report.is_file() or not strip.is_file():
         raise UserError(f"{run}: not an `iss3d generate` output (no report.json / turntable.png)")
-    prompt = str(json.loads(report.read_text()).get("prompt", run.name))
-    image = Image.open(strip)
+    prompt = report_prompt(report, default=run.name)
+    image = Image.fromarray(read_image(strip))
     side = image.height
     count = image.width // side
+    if count == 0:
+        raise UserError(f"{strip}: {image.width}x{side} pixels is not a strip of square frames")
     picks = sorted({round(i * count / frames) % count for i in range(frames)})
     return prompt, [image.crop((k * side, 0, (k + 1) * side, side)) for k in picks]
+
+
+def report_prompt(report: Path, default: str) -> str:
+    """The ``prompt`` of a generate ``report.json`` (``default`` when it has none).
+
+    Raises:
+        UserError: the file is not UTF-8 JSON holding an object.
+    """
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"{report}: not a readable JSON report ({reason[:80]})") from None
+    except OSError as err:
+        raise UserError(f"{report}: cannot read ({err.strerror or err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{report}: not an `iss3d generate` report (expected a JSON object)")
+    return str(data.get("prompt", default))
 
 
 def _gallery(args: argparse.Namespace) -> int:

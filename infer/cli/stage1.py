@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from iss3d.infer import limits
+from iss3d.infer.limits import check_range
+
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
     """Add ``stage1`` to the ``iss3d eval`` group."""
@@ -37,13 +40,12 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 def _eval_stage1(args) -> int:
     from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
-    from iss3d.core.errors import UserError
     from iss3d.core.paths import input_file
     from iss3d.data.carve import GROUND_TRUTH_NAMES
     from iss3d.infer.stage1_eval import evaluate_stage1
 
-    if args.n_steps < 2 or args.render_objects < 0:
-        raise UserError("--n-steps must be at least 2 and --render-objects at least 0")
+    check_range("--n-steps", args.n_steps, 2, limits.MARCH_STEPS)
+    check_range("--render-objects", args.render_objects, 0)
     if args.out:
         check_output_path(args.out)  # before the work, not after it
     input_file(args.checkpoint, "a stage-1 checkpoint")  # (a name too long for is_file())

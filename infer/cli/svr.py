@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from iss3d.infer import limits
+from iss3d.infer.limits import check_range
+
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
     """Add ``svr`` to the ``iss3d eval`` group."""
@@ -52,14 +55,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _eval_svr(args) -> int:
     from iss3d.core.atomic import check_output_path, write_json_report
     from iss3d.core.device import resolve_device
-    from iss3d.core.errors import UserError
     from iss3d.data.carve import GROUND_TRUTH_NAMES
     from iss3d.data.reader import MultiViewFile
     from iss3d.infer.svr import evaluate_svr
     from iss3d.models.loaders import load_svr
 
-    if args.input_views <= 0 or args.n_steps <= 1:
-        raise UserError("--input-views must be positive and --n-steps at least 2")
+    check_range("--input-views", args.input_views, 1)
+    check_range("--n-steps", args.n_steps, 2, limits.MARCH_STEPS)
+    check_range("--max-objects", args.max_objects, 1)
     if args.out:
         check_output_path(args.out)  # before the work, not after it
     device, note = resolve_device(args.device)
@@ -103,8 +106,8 @@ def _export(args) -> int:
     from iss3d.models.mesh import MeshConfig, extract_mesh
     from iss3d.models.renderer import Renderer
 
-    if args.resolution < 8 or args.turntable_views <= 0:
-        raise UserError("--resolution must be at least 8 and --turntable-views positive")
+    check_range("--resolution", args.resolution, 8, limits.RESOLUTION)
+    check_range("--turntable-views", args.turntable_views, 1, limits.TURNTABLE_VIEWS)
     out = check_output_path(args.out)  # before minutes of meshing, not after
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not an empty folder")

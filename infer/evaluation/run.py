@@ -46,6 +46,7 @@ from iss3d.core.config import StrictConfig, load_preset
 from iss3d.core.device import resolve_device
 from iss3d.core.errors import UserError
 from iss3d.core.resources import pretrained_dir
+from iss3d.infer import limits
 from iss3d.infer.evaluation.items import Item, item_seed, plan_items, save_item
 from iss3d.infer.evaluation.methods import (
     METHODS,
@@ -56,6 +57,7 @@ from iss3d.infer.evaluation.methods import (
 )
 from iss3d.infer.evaluation.metrics import image_feature_network
 from iss3d.infer.evaluation.report import compute_results, write_report
+from iss3d.infer.limits import check_range
 from iss3d.infer.stage2 import Stage2Config
 
 __all__ = [
@@ -441,12 +443,10 @@ def check_judge(judge, judge_spec: str, clip, cfg: EvaluateConfig) -> None:
 
 def _check_counts(o: EvaluateOptions) -> tuple[int, int] | None:
     """Check --samples, --seed, --workers and --shard; the shard, None without one."""
-    if o.samples < 1:
-        raise UserError(f"--samples must be positive, got {o.samples}")
+    check_range("--samples", o.samples, 1, limits.SAMPLES)
     if o.seed < 0:
         raise UserError(f"--seed must be >= 0, got {o.seed}")
-    if o.workers < 1:
-        raise UserError(f"--workers must be positive, got {o.workers}")
+    check_range("--workers", o.workers, 1, limits.WORKERS)
     shard = parse_shard(o.shard)
     if shard is not None and o.workers > 1:
         raise UserError("--shard and --workers exclude each other (workers start the shards)")
@@ -454,7 +454,8 @@ def _check_counts(o: EvaluateOptions) -> tuple[int, int] | None:
 
 
 def _open_reference(o: EvaluateOptions, split: str | None):
-    """The reference dataset (``--ref-data``), with at least 2 objects in ``split``."""
+    """The reference dataset (``--ref-data``), with at least 2 objects in ``split``, whose
+    ground truth is finite (checked now: the metrics read it after every item is made)."""
     from iss3d.data.reader import MultiViewFile
 
     if not Path(o.ref_data).exists():
@@ -465,6 +466,7 @@ def _open_reference(o: EvaluateOptions, split: str | None):
             f"{o.ref_data}: fewer than 2 objects in split {split!r} (reference.split); "
             "the reference set needs at least 2"
         )
+    reference.check_ground_truth(reference.objects_in(split))
     return reference
 
 

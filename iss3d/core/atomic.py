@@ -61,7 +61,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     a command's outputs before its work.
 
     Raises:
-        UserError: the name is too long, the folder does not exist or is not writable.
+        UserError: the name is too long, the folder does not exist, is not writable or
+            refuses files.
     """
     final = Path(path)
     folder = final.parent
@@ -79,7 +80,18 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise UserError(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK):
         raise UserError(f"{folder}: output folder is not writable")
+    _probe(final)
     return final
+
+
+def _probe(final: Path) -> None:
+    """Create and remove a temporary sibling of ``final``: a folder that access() calls
+    writable can still refuse files (/proc, /sys, a full or read-only file system), and that
+    should stop a command before its work, not after."""
+    probe = temporary_sibling(final)
+    _created(probe.touch, final)
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def _created(make, final: Path) -> None:
@@ -95,12 +107,18 @@ def _created(make, final: Path) -> None:
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``path`` if the block succeeds.
 
+    ``path`` may be an existing regular file (it is replaced), never a folder, FIFO or device.
     On any exception (including KeyboardInterrupt) the temporary file is removed and
     ``path`` is left untouched, so no half-written output ever appears under its name.
     """
     final = check_output_path(path)
     if final.is_dir():
         raise UserError(f"{final}: is a folder, expected a file path")
+    if final.exists() and not final.is_file():
+        raise UserError(
+            f"{final}: exists and is not a regular file (a FIFO, socket or device); "
+            "not replacing it"
+        )
     tmp = temporary_sibling(final)
     _created(tmp.touch, final)
     try:

@@ -288,8 +288,9 @@ def find_config(spec: str | os.PathLike) -> Path:
     raise UserError(f"config {str(spec)!r}: no such file (looked for {path} and {candidates[0]})")
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping (an empty file gives {}).
+def read_yaml(path: str | os.PathLike, contents: str = "config sections") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file gives {}); ``contents``: what
+    the mapping holds, for the error when it is not one.
 
     Raises:
         UserError: unreadable, invalid YAML (with the line), or not a mapping.
@@ -311,7 +312,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a mapping of {contents}, got {type(data).__name__}")
     return data
 
 
@@ -386,12 +387,22 @@ def apply_overrides(
             if last:
                 node[part] = value
             else:
-                child = node.get(part)
-                if not isinstance(child, dict):
-                    child = {}
-                    node[part] = child
-                node = child
+                node = _section(node, part, key, ".".join(parts[: depth + 1]))
     return out
+
+
+def _section(node: dict[str, Any], part: str, key: str, where: str) -> dict[str, Any]:
+    """The mapping ``node[part]`` that override ``key`` descends into (created when absent or
+    null); a value that is not a mapping is an error, not silently replaced."""
+    child = node.get(part)
+    if child is None:
+        child = node[part] = {}
+    if not isinstance(child, dict):
+        raise UserError(
+            f"cannot apply override {key!r}: {where!r} is {_type_name(child)} {_show(child)} in "
+            "the config, not a section"
+        )
+    return child
 
 
 def _deep_copy(value: Any) -> Any:

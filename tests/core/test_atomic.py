@@ -3,6 +3,8 @@ readers refuse), numpy scalars and arrays become plain numbers, through nested c
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,34 @@ def test_strict_json_refuses_what_json_loads_lets_through():
     for constant in ("NaN", "Infinity", "-Infinity"):
         with pytest.raises(ValueError, match="not strict JSON"):
             strict_json(f'{{"x": [{constant}]}}')
+
+
+def test_an_existing_fifo_or_device_is_not_replaced(tmp_path):
+    """``--out`` naming an existing FIFO: the FIFO was silently replaced by a regular file
+    (for a device such as /dev/stdout, by root, the device node itself)."""
+    from iss3d.core.atomic import atomic_output
+    from iss3d.core.errors import UserError
+
+    pipe = tmp_path / "pipe.json"
+    os.mkfifo(pipe)
+    with pytest.raises(UserError, match=r"pipe\.json: exists and is not a regular file"):
+        write_json(pipe, {"a": 1})
+    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe.json"]
+    regular = tmp_path / "r.json"
+    regular.write_text("old")
+    with atomic_output(regular) as tmp:
+        tmp.write_text("new")
+    assert regular.read_text() == "new"  # a regular file is replaced, as before
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys"])
+def test_a_folder_that_refuses_files_fails_before_the_work(folder):
+    """/proc and /sys pass an access() check as root but refuse new files: the output check
+    must find out before a command's work (`eval stage1 --out /sys/x.json` evaluated first)."""
+    from iss3d.core.atomic import check_output_path
+    from iss3d.core.errors import UserError
+
+    if not os.path.isdir(folder):
+        pytest.skip(f"no {folder} here")
+    with pytest.raises(UserError, match=rf"{folder}.*(cannot write here|not writable)"):
+        check_output_path(f"{folder}/iss3d-test.json")

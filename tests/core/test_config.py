@@ -76,3 +76,14 @@ def test_config_names_and_overrides():
     assert raw == {"optim": {"lr": 2}, "run": {"name": "x"}}
     with pytest.raises(UserError, match=r"unknown config key 'loss\.lambda_x'"):
         apply_overrides({}, ["loss.lambda_x=1"], SVRConfig)
+
+
+def test_an_override_into_a_section_that_is_a_value_is_an_error():
+    """``trainer: 5`` in a YAML file with ``trainer.max_steps=2`` on the command line: the 5
+    was silently replaced by a fresh section (the broken file ran on defaults)."""
+    with pytest.raises(UserError, match=r"'trainer\.max_steps': 'trainer' is int 5 in the config"):
+        apply_overrides({"trainer": 5}, ["trainer.max_steps=2"], SVRConfig)
+    with pytest.raises(UserError, match=r"'optim' is list \[1, 2\]"):
+        apply_overrides({"optim": [1, 2]}, [("optim.lr", 1.0)], SVRConfig)
+    raw = apply_overrides({"trainer": None}, ["trainer.max_steps=2"], SVRConfig)
+    assert raw == {"trainer": {"max_steps": 2}}  # a null section is an empty one

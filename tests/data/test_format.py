@@ -260,3 +260,94 @@ def test_every_reader_refuses_what_check_refuses(tmp_path, capsys):
     assert main([*argv, "--no-progress"]) == 2
     assert "views/camera_mat[3] (object obj-1) contains NaN" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["tall", 0, -3, 2.5, True])
+def test_check_and_reader_refuse_an_image_size_that_is_not_a_count(tmp_path, value):
+    """A root height / width attribute that is not a positive integer: one line naming it
+    (``int("tall")`` used to end in a ValueError traceback)."""
+    path = write(tmp_path / "f.h5", [make_record(0)])
+    with h5py.File(path, "a") as f:
+        f.attrs["height"] = value
+    for read in (check_file, MultiViewFile):
+        with pytest.raises(UserError, match=r"f\.h5: attribute height is .*, expected a pos"):
+            read(path)
+
+
+@pytest.mark.parametrize("name", ["surface_points", "surface_normals", "occ_points"])
+def test_check_refuses_non_finite_ground_truth(tmp_path, name):
+    """NaN or infinite ground-truth points or normals (FPD and IoU would be NaN): `data check`
+    names the dataset (normals were not checked)."""
+    path = write(tmp_path / "f.h5", [make_record(0), make_record(1)])
+    with h5py.File(path, "a") as f:
+        values = f[f"eval/{name}"][:]
+        values[1, 0, 0] = np.inf
+        f[f"eval/{name}"][...] = values
+    with pytest.raises(UserError, match=rf"eval/{name}\[0:2\] contains NaN or infinite"):
+        check_file(path)
+
+
+def _replace(f: h5py.File, name: str, value: np.ndarray) -> None:
+    del f[name]
+    f[name] = value
+
+
+def _set_row(name: str, row: int, value):
+    def edit(f: h5py.File) -> None:
+        values = f[name][:]
+        values[row] = value
+        _replace(f, name, values)
+
+    return edit
+
+
+TABLE_DAMAGE = {
+    "no-rgb": (lambda f: f.__delitem__("views/rgb"), "missing dataset 'views/rgb'"),
+    "rgb-size": (lambda f: _replace(f, "views/rgb", np.zeros((6, 4, 4, 3), np.uint8)), "shape"),
+    "rgb-float": (lambda f: _replace(f, "views/rgb", np.zeros((6, H, W, 3))), "dtype float64"),
+    "world-mat-3x3": (lambda f: _replace(f, "views/world_mat", np.zeros((6, 3, 3))), "shape"),
+    "split": (
+        lambda f: _replace(f, "objects/split", np.array([b"x", b"y"], dtype=object)),
+        "objects/split has 'x'",
+    ),
+    "object-index": (_set_row("views/object_index", 0, 7), "views/object_index disagrees"),
+    "view-offset": (_set_row("objects/view_offset", 1, 10**6), "contiguous"),
+    "caption-range": (_set_row("objects/caption_count", 0, 10**6), "points outside captions"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TABLE_DAMAGE))
+def test_every_reader_refuses_broken_tables(tmp_path, damage):
+    """Missing image datasets, shapes and dtypes that do not fit the header, unknown splits,
+    view and caption ranges that point elsewhere: `data check` refused them, but the reader
+    (every other command) went on to a traceback (a missing dataset, a 3x3 matrix), or
+    silently used them (`data sheet` drew a 16 px dataset at 32 px)."""
+    path = write(tmp_path / "f.h5", [make_record(0), make_record(1)])
+    edit, message = TABLE_DAMAGE[damage]
+    with h5py.File(path, "a") as f:
+        edit(f)
+    for read in (check_file, MultiViewFile):
+        with pytest.raises(UserError, match=message) as info:
+            read(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_non_finite_depth_and_ground_truth_are_refused_when_read(tmp_path):
+    """NaN depth, occupancy points and surface normals went into the metrics (eval svr wrote
+    NaN-based IoU and depth error) and the losses; the reader names the row when it reads it."""
+    path = write(tmp_path / "f.h5", [make_record(0), make_record(1)])
+    with h5py.File(path, "a") as f:
+        _set_row("views/depth", 4, np.nan)(f)
+        _set_row("eval/occ_points", 1, np.nan)(f)
+        _set_row("eval/surface_normals", 1, np.inf)(f)
+    mv = MultiViewFile(path)
+    assert mv.read_view(3).depth is not None and mv.read_occupancy(0) is not None
+    with pytest.raises(UserError, match=r"views/depth\[4\] contains NaN"):
+        mv.read_view(4)
+    with pytest.raises(UserError, match=r"eval/occ_points\[1\] \(object obj-1\) contains NaN"):
+        mv.read_occupancy(1)
+    with pytest.raises(UserError, match=r"eval/surface_normals\[1\] \(object obj-1\)"):
+        mv.read_surface(1)
+    mv.check_ground_truth([0])
+    with pytest.raises(UserError, match=r"eval/occ_points\[1\]"):
+        mv.check_ground_truth([0, 1])

@@ -269,7 +269,24 @@ def bad_object_split(root, scenes):
 
 @bad_input
 def bad_bound(root, scenes):
-    return {"bound": -1.0}, ["bound"]
+    return {"bound": -1.0}, ["--bound"]
+
+
+@bad_input
+def control_character_in_category(root, scenes):
+    return {"category": "a\nb"}, ["--category", "control character"]
+
+
+@bad_input
+def nan_bound(root, scenes):
+    return {"bound": float("nan")}, ["--bound", "nan"]
+
+
+@bad_input
+def deeply_nested_json(root, scenes):
+    path = scenes[0] / "transforms_train.json"
+    path.write_text('{"camera_angle_x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return {}, [path, "nested too deeply"]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))

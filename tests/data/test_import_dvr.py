@@ -3,6 +3,7 @@
 Also covers the image helpers the importers share (data/images.py).
 """
 
+import os
 import shutil
 
 import numpy as np
@@ -339,6 +340,21 @@ def unknown_category(root, ms):
 
 
 @bad_input
+def empty_category_ids(root, ms):
+    """``--categories ,,``: the error named the root folder as a missing category."""
+    return {"categories": ["", ""]}, ["--categories", "synset ids"]
+
+
+@bad_input
+def split_list_is_a_fifo(root, ms):
+    """A FIFO named train.lst: reading it blocked forever (the import hung)."""
+    path = root / ms[0].synset / "train.lst"
+    path.unlink()
+    os.mkfifo(path)
+    return {}, [path, "not a regular file"]
+
+
+@bad_input
 def model_in_two_lists(root, ms):
     (root / ms[0].synset / "val.lst").write_text(ms[0].model + "\n")
     return {}, [root / ms[0].synset / "val.lst", ms[0].model]
@@ -347,6 +363,40 @@ def model_in_two_lists(root, ms):
 @bad_input
 def input_views_missing(root, ms):
     return {"input_views": True}, [ms[0].folder / "img_choy2016", "missing"]
+
+
+def _metadata(content: str | bytes | None):
+    """A case writing ROOT/metadata.yaml (None: a FIFO, which must never be opened)."""
+
+    def case(root, ms):
+        path = root / "metadata.yaml"
+        if content is None:
+            os.mkfifo(path)
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return {}, [path]
+
+    return case
+
+
+# ROOT/metadata.yaml that cannot be DVR's category table: the importer used to ignore it.
+for _name, _content in {
+    "metadata_invalid_yaml": "02691156: {id: [\n",
+    "metadata_a_list": "- airplane\n- chair\n",
+    "metadata_entry_not_a_mapping": "02691156: 5\n",
+    "metadata_name_not_text": "02691156: {id: 02691156, name: [1, 2]}\n",
+    "metadata_utf16": "02691156:\n  name: airplane\n".encode("utf-16"),
+    "metadata_aliases": "a: &a {name: x}\nb: *a\n",
+    "metadata_fifo": None,
+}.items():
+    BAD_INPUTS[_name] = _metadata(_content)
+
+
+def test_a_valid_metadata_file_is_accepted(objects, tmp_path, out):
+    root = tmp_path / "ShapeNet"
+    write_dvr_layout(root, objects[:1], depth=False)
+    (root / "metadata.yaml").write_text("02691156:\n  id: 02691156\n  name: airplane\n")
+    assert import_dvr(root, out, progress=False) == out
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))

@@ -85,3 +85,13 @@ def test_bad_layouts_are_one_line_and_write_nothing(damage, message, tmp_path, c
     assert main(["data", "import-folder", str(root), "--out", str(out), "--no-progress"]) == 2
     assert message in error_line(capsys)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["renders"]
+
+
+def test_a_deeply_nested_cameras_json_is_one_line(tmp_path, capsys):
+    """JSON nested 100,000 deep: json.loads raised RecursionError, a traceback."""
+    root = write_folder(tmp_path / "renders", PRIMS[:1], views=3, res=16)
+    (root / "cameras.json").write_text('{"frames": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    out = tmp_path / "out.h5"
+    assert main(["data", "import-folder", str(root), "--out", str(out), "--no-progress"]) == 2
+    assert "cameras.json: JSON nested too deeply" in error_line(capsys)
+    assert not out.exists()

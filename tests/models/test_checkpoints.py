@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +217,40 @@ def test_save_round_trip_with_conv_encoder(tmp_path):
     img, pts = torch.rand(1, 3, 16, 16), torch.rand(1, 5, 3)
     torch.testing.assert_close(dec2(pts, enc2(img)), dec(pts, enc(img)))
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+class _Payload:
+    """Unpickling this would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("layout", ["plain-pickle", "torch-zip"])
+def test_a_code_payload_is_refused_silently_and_never_runs(tmp_path, layout, recwarn):
+    """A pickle that would run code: one UserError, no warning (torch warned about the pickle
+    protocol of a plain pickle: a second stderr line), and the code never ran."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    if layout == "plain-pickle":
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    else:
+        torch.save(_Payload(marker), path)
+    with pytest.raises(UserError, match=r"evil\.pt: cannot read as a PyTorch checkpoint"):
+        safe_load(path)
+    assert not marker.exists()
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_non_finite_weights_are_refused(tmp_path, small):
+    """A checkpoint whose weights are NaN (a diverged run) loaded silently: export and eval svr
+    then wrote empty meshes and NaN metrics with exit 0. The loader names the tensor."""
+    _, dec, _ = small
+    state = {f"decoder.{k}": v.clone() for k, v in dec.state_dict().items()}
+    state["decoder.blocks.0.fc_1.weight"][0, 0] = float("nan")
+    path = _save({"model": state}, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match=r"nan\.pt: decoder\.blocks\.0\.fc_1\.weight holds NaN"):
+        load_dvr_checkpoint(path, None, Decoder(c_dim=C_DIM, hidden=HIDDEN, n_blocks=BLOCKS))
