@@ -536,26 +536,21 @@ def make_trainer(
             )
         )
     t = trainer_cfg
-    checkpoints = [
-        ModelCheckpoint(
-            dirpath=str(run_dir.checkpoints),
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=t.checkpoint_every,
-            enable_version_counter=False,
-        )
-    ]
-    if t.keep_checkpoints != 0:  # the latest k by step number
+    every = {
+        "dirpath": str(run_dir.checkpoints),
+        "every_n_train_steps": t.checkpoint_every,
+        "enable_version_counter": False,
+    }
+    checkpoints = [ModelCheckpoint(save_last=True, save_top_k=0, **every)]
+    if t.keep_checkpoints != 0:  # also the latest k as step_<n>.ckpt
         checkpoints.append(
             ModelCheckpoint(
-                dirpath=str(run_dir.checkpoints),
                 filename="step_{step}",
                 auto_insert_metric_name=False,
                 monitor="step",
                 mode="max",
                 save_top_k=t.keep_checkpoints,
-                every_n_train_steps=t.checkpoint_every,
-                enable_version_counter=False,
+                **every,
             )
         )
     val_every = t.val_check_interval

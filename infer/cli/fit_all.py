@@ -36,6 +36,9 @@ from iss3d.core.errors import UserError
 SHARES = {"svr": 0.5, "clip": 0.2, "stage1": 0.3}
 PROBE_STEPS = (2, 6)
 MIN_STEPS = 20
+#: The architecture ``configs/clip/tiny.yaml`` trains, with random weights (a stand-in for the
+#: CLIP ``fit all`` is about to train, when probing stage 1's speed).
+PROBE_CLIP = "clip/tiny-64"
 PLAN = "plan.json"
 SUMMARY = "summary.json"
 
@@ -112,8 +115,8 @@ def make_plan(args: argparse.Namespace, start: float) -> dict[str, Any]:
     from iss3d.data.reader import MultiViewFile
     from iss3d.models.clip import load_clip
 
-    if args.clip is not None:
-        load_clip(args.clip)  # a bad spec fails now, not after the SVR has trained
+    # a bad spec fails now, not after the SVR has trained; its feature size sizes the mapper
+    clip_dim = int(load_clip(args.clip).embed_dim) if args.clip is not None else None
     source = input_file(args.data, "a dataset file (.h5)")
     with MultiViewFile(source) as f:
         train = f.objects_in("train")
@@ -133,10 +136,12 @@ def make_plan(args: argparse.Namespace, start: float) -> dict[str, Any]:
     clip, train_clip = args.clip, False
     if clip is None and captions == len(train):
         clip, train_clip = str(out / "clip" / "clip.pt"), True
+        clip_dim = int(load_clip(PROBE_CLIP).embed_dim)  # clip/tiny's architecture
     elif clip is None:
         from iss3d.infer.session import DEFAULT_CLIP, warn
 
         clip = str(DEFAULT_CLIP)
+        clip_dim = int(load_clip(clip).embed_dim)
         warn(
             f"{source}: not every training object has a caption, so no CLIP is trained; "
             "stage 1 uses the shipped CLIP, which knows the synthetic world's words only"
@@ -146,6 +151,7 @@ def make_plan(args: argparse.Namespace, start: float) -> dict[str, Any]:
         "data": str(data),
         "ground_truth": truth or "visual_hull",
         "clip": clip,
+        "clip_dim": clip_dim,
         "train_clip": train_clip,
         "validate": validate,
         "budget_minutes": args.budget,
@@ -192,13 +198,12 @@ def stage_config(stage: str, plan: dict[str, Any], out: Path, steps: int, probe:
 
         sets.append(("optim.warmup_steps", min(200, max(steps // 10, 1))))
     else:
-        from iss3d.models.clip import load_clip
         from iss3d.train.stage1 import Stage1Config as cls
 
         # probing before the CLIP is trained: a random one of its architecture costs the same
-        clip = "clip/tiny-64" if probe and plan["train_clip"] else plan["clip"]
+        clip = PROBE_CLIP if probe and plan["train_clip"] else plan["clip"]
         sets += [("svr", str(svr_checkpoint(plan, out))), ("clip", clip)]
-        sets.append(("mapper.in_dim", int(load_clip(clip).embed_dim)))
+        sets.append(("mapper.in_dim", plan["clip_dim"]))
         if probe:
             sets.append(("prefit.epochs", 1))
     return load_config(cls, f"{stage}/tiny", sets)
