@@ -1,9 +1,17 @@
 """Import NeRF "Blender" scenes (``transforms_{split}.json``) into the iss3d HDF5 format.
 
-Layout read: ROOT is one scene folder, or a folder of scene folders (one object each)::
+Layout read: ROOT is one scene folder, a folder of scene folders (one object each), or a
+folder of category folders of scene folders::
 
     SCENE/transforms_train.json, transforms_val.json, transforms_test.json
     SCENE/train/r_0.png ...          RGBA images; file_path may omit ".png"
+    ROOT/<category>/<scene>/...      (object id <category>/<scene>; else the scene's name)
+    train.lst, val.lst, test.lst     optional, beside the scene folders: their dataset split
+                                     (DVR's convention; unlisted scenes are skipped)
+    ROOT/captions.json               optional (data/importers/common.py)
+
+An object's category is ``--category`` if given, else its category folder, else its scene
+folder's name; its split is the one its .lst file gives, else ``--object-split``.
 
 Each transforms file holds ``camera_angle_x`` (horizontal field of view, radians) and
 ``frames: [{file_path, transform_matrix}]`` with camera-to-world matrices in OpenGL's camera
@@ -14,12 +22,13 @@ convention (x right, y up, z backward). They become ours (data/cameras.py):
     scale_mat = diag(2 bound, 2 bound, 2 bound, 1)   # object unit cube -> [-bound, bound]^3
 
 The mask is alpha > 127 and the colour is composited over white. Blender samples pixel centres,
-so the file's pixel convention is "center". There is no depth.
+so the file's pixel convention is "center". There is no depth: the depth and normal PNGs of
+NeRF's test split are 8-bit renders, not distances, and like any other image no frame names
+they are counted as not imported in the summary line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import unicodedata
@@ -32,6 +41,12 @@ from tqdm import tqdm
 from iss3d.core.errors import UserError
 from iss3d.data.cameras import focal_from_fov, intrinsics, is_valid_matrix
 from iss3d.data.images import composite_over_white, image_size, read_image
+from iss3d.data.importers.common import (
+    caption_note,
+    read_captions,
+    read_json,
+    read_split_lists,
+)
 from iss3d.data.records import SPLITS, ObjectRecord
 from iss3d.data.writer import MultiViewWriter
 
@@ -51,8 +66,14 @@ class BlenderFrame:
 class BlenderScene:
     folder: Path
     name: str
+    category: str | None = None  # its category folder's name
+    split: str | None = None  # from a .lst file
     frames: list[BlenderFrame] = field(default_factory=list)
     view_splits: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def object_id(self) -> str:
+        return self.name if self.category is None else f"{self.category}/{self.name}"
 
 
 def import_blender(
@@ -64,19 +85,21 @@ def import_blender(
     bound: float = 1.5,
     category: str | None = None,
     progress: bool | None = None,
-) -> Path:
+) -> tuple[Path, str]:
     """Convert NeRF Blender scene(s) under ``root`` into the HDF5 file ``out``.
 
     Args:
         root: a scene folder (with ``transforms_<split>.json``) or a folder of scene folders.
         out: output ``.h5`` path; written atomically (nothing appears there on error).
         splits: which transforms files to read; their views are merged into one object.
-        object_split: the dataset split ("train", "val" or "test") of every imported object.
+        object_split: the dataset split ("train", "val" or "test") of objects no .lst file
+            places.
         bound: the scene lies in [-bound, bound]^3 (world units of the transforms files).
-        category: category of every object (default: the scene folder's name).
+        category: category of every object (default: its category folder's name, else its
+            scene folder's name).
         progress: show a progress bar (None: only on a terminal).
     Returns:
-        ``out`` as a Path.
+        ``out`` as a Path, and a one-line summary of what was read and what was not.
     Raises:
         UserError naming the offending file or argument for any problem with the input.
     """
@@ -95,7 +118,8 @@ def import_blender(
     if category is not None and any(unicodedata.category(ch) == "Cc" for ch in category):
         raise UserError(f"category (--category) {category!r} holds a control character")
 
-    scenes = scan_blender(root, splits)
+    scenes, skipped = scan_blender(root, splits)
+    captions, captions_path = read_captions(root)
     first = scenes[0].frames[0].image
     height, width = image_size(first)
     scale = np.diag([2.0 * bound, 2.0 * bound, 2.0 * bound, 1.0])
@@ -110,9 +134,40 @@ def import_blender(
             scenes, desc="blender", unit="obj", disable=None if progress is None else not progress
         )
         for scene in bar:
-            writer.add(load_scene(scene, (height, width), first, scale, object_split, category))
+            rec = load_scene(scene, (height, width), first, scale, object_split, category)
+            rec.captions = captions.get(scene.object_id, [])
+            writer.add(rec)
         bar.close()
-    return Path(out)
+    split_of = [scene.split or object_split for scene in scenes]
+    counts = ", ".join(f"{s} {split_of.count(s)}" for s in SPLITS if s in split_of)
+    categories = len({category or scene.category or scene.name for scene in scenes})
+    parts = [
+        f"read {len(scenes)} objects ({counts}) in {categories} categories",
+        f"{sum(len(s.frames) for s in scenes)} views at {width}x{height} (transforms "
+        f"{', '.join(splits)})",
+        "no depth",
+        caption_note(captions, captions_path, {s.object_id for s in scenes}),
+        "no 3D ground truth (iss3d data carve adds it from the masks)",
+    ]
+    unread = [p for s in scenes for p in unread_images(s)]
+    if unread:
+        example = unread[0].relative_to(root) if unread[0] != root else unread[0]
+        parts.append(f"not imported: {len(unread)} images no frame names (e.g. {example})")
+    if skipped:
+        parts.append(f"skipped {skipped} scene folders no .lst file lists")
+    return Path(out), "; ".join(parts)
+
+
+def unread_images(scene: BlenderScene) -> list[Path]:
+    """PNG/JPEG files under the scene folder that no frame of the read splits names (depth and
+    normal renders, splits not asked for), sorted."""
+    named = {frame.image.resolve() for frame in scene.frames}
+    return sorted(
+        p
+        for p in scene.folder.rglob("*")
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file()
+        if p.resolve() not in named
+    )
 
 
 # -- scanning -----------------------------------------------------------------------------
@@ -120,47 +175,65 @@ def _is_scene(folder: Path) -> bool:
     return any(p.is_file() for p in folder.glob("transforms_*.json"))
 
 
-def scan_blender(root: Path, splits: tuple[str, ...]) -> list[BlenderScene]:
-    """Find the scenes under ``root`` and read (and check) all their transforms files."""
+def scan_blender(root: Path, splits: tuple[str, ...]) -> tuple[list[BlenderScene], int]:
+    """Find the scenes under ``root`` (itself, its subfolders, or those of its category
+    folders) and read (and check) all their transforms files.
+
+    Returns:
+        the scenes (by category, then name) and how many scene folders no .lst file listed.
+    """
     if not root.exists():
         raise UserError(f"{root}: no such folder")
     if not root.is_dir():
         raise UserError(f"{root}: is not a folder (expected a NeRF Blender scene folder)")
     if _is_scene(root):
-        folders = [root]
+        found = [BlenderScene(folder=root, name=root.resolve().name)]
+        skipped = 0
     else:
-        folders = sorted(
-            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _is_scene(p)
-        )
-    if not folders:
+        found, skipped = _scenes_in(root, None)
+        for sub in _subfolders(root):
+            if not _is_scene(sub):
+                more, unlisted = _scenes_in(sub, sub.name)
+                found += more
+                skipped += unlisted
+    if not found:
         raise UserError(
-            f"{root}: no scenes found (no transforms_<split>.json here or in its subfolders)"
+            f"{root}: no scenes found (no transforms_<split>.json here, in its subfolders or "
+            "in theirs)"
         )
-    scenes = []
-    for folder in folders:
-        scene = BlenderScene(folder=folder, name=folder.resolve().name)
+    for scene in found:
         for split in splits:
-            frames = read_transforms(folder / f"transforms_{split}.json", split)
+            frames = read_transforms(scene.folder / f"transforms_{split}.json", split)
             scene.frames.extend(frames)
             scene.view_splits.append((split, len(frames)))
-        scenes.append(scene)
-    return scenes
+    return found, skipped
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scenes_in(folder: Path, category: str | None) -> tuple[list[BlenderScene], int]:
+    """The scene folders directly in ``folder``, with the split their .lst file gives (those
+    no list names are left out when the folder has lists), and how many were left out."""
+    lists = read_split_lists(folder)
+    scenes, skipped = [], 0
+    for sub in _subfolders(folder):
+        if not _is_scene(sub):
+            continue
+        if lists is not None and sub.name not in lists:
+            skipped += 1
+            continue
+        split = lists[sub.name] if lists is not None else None
+        scenes.append(BlenderScene(folder=sub, name=sub.name, category=category, split=split))
+    return scenes, skipped
 
 
 def read_transforms(path: Path, split: str) -> list[BlenderFrame]:
     """Parse and check one ``transforms_<split>.json``; image files must exist."""
     if not path.is_file():
         raise UserError(f"{path}: missing (split {split!r} was requested)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
-        ) from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to be a transforms file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({' '.join(str(err).split())})") from None
+    data = read_json(path, "a transforms file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object with camera_angle_x and frames")
     angle = data.get("camera_angle_x")
@@ -248,9 +321,9 @@ def load_scene(
         world[i] = world_mat_from_c2w_gl(frame.c2w_gl)
         camera[i] = intrinsics(focal_from_fov(frame.angle_x), aspect=width / height)
     return ObjectRecord(
-        object_id=scene.name,
-        category=category if category is not None else scene.name,
-        split=object_split,
+        object_id=scene.object_id,
+        category=category or scene.category or scene.name,
+        split=scene.split or object_split,
         rgb=rgb,
         mask=mask,
         world_mat=world,

@@ -8,13 +8,22 @@ Layout read (one folder per ShapeNet synset, one per model)::
     ROOT/<synset>/<model>/depth/000.exr ...         camera-space z (optional)
     ROOT/<synset>/<model>/cameras.npz               world_mat_i, camera_mat_i, scale_mat_i (opt.)
     ROOT/<synset>/<model>/img_choy2016/*.jpg + cameras.npz   input views (optional)
+    ROOT/<synset>/<model>/points.npz, pointcloud.npz         ONet's 3D ground truth (optional)
     ROOT/metadata.yaml                              synset id -> {id, name} (optional; checked)
+    ROOT/captions.json                              object id -> texts (optional; importers/common)
 
 View i is the i-th file of image/ in name order (as DVR loads it) and uses the matrices
 ``*_mat_i``; mask/ and depth/ files must have the same names. The cameras are DVR's own
 convention, which is ours (data/cameras.py), so they are stored unchanged; the file records
 DVR's pixel convention ("dvr"). Depth that is not finite or above 1e5 (Blender's background)
 becomes inf. RGBA views are composited over white.
+
+Categories are named: the first of ``metadata.yaml``'s comma-separated names of the synset
+("airplane,aeroplane,plane" -> "airplane"), else the 13 ShapeNet classes' names, else the folder
+name; ``meta["synset"]`` keeps the id. Object ids are ``<synset>/<model>``. ONet's
+``points.npz`` and ``pointcloud.npz`` become exact occupancy and surface samples (see
+data/importers/onet.py). Whatever else a model folder holds is named in the summary line as
+not imported.
 
 Input views (``img_choy2016``): a 3x4 ``world_mat`` is padded to 4x4 and a 3x3 pixel-unit
 ``camera_mat`` K (mapping to [0, w] x [0, h], ONet's convention) is converted to normalised
@@ -25,7 +34,6 @@ image coordinates. ONet's ``img_choy2016`` cameras refer to the un-normalised Sh
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +41,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from iss3d.core.config import read_yaml
+from iss3d.core.config import TextYamlLoader, read_yaml
 from iss3d.core.errors import UserError
-from iss3d.core.paths import input_file
 from iss3d.data.cameras import is_valid_matrix
 from iss3d.data.images import (
     DEPTH_BACKGROUND,
@@ -44,6 +51,14 @@ from iss3d.data.images import (
     read_exr_depth,
     read_image,
     read_mask,
+)
+from iss3d.data.importers.common import caption_note, read_captions, read_split_lists
+from iss3d.data.importers.onet import (
+    OCCUPANCY_FILE,
+    SURFACE_FILE,
+    OnetConfig,
+    read_occupancy,
+    read_surface,
 )
 from iss3d.data.records import SPLITS, InputViews, ObjectRecord
 from iss3d.data.writer import MultiViewWriter
@@ -68,6 +83,8 @@ SHAPENET_SYNSETS = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INPUT_VIEWS_FOLDER = "img_choy2016"
 METADATA_FILE = "metadata.yaml"
+#: What a model folder holds that the importer reads (anything else is reported as not read).
+MODEL_ENTRIES = ("image", "mask", "depth", "cameras.npz", OCCUPANCY_FILE, SURFACE_FILE)
 
 
 @dataclass
@@ -82,6 +99,9 @@ class DvrModel:
     masks: list[Path]
     depths: list[Path] | None
     cameras: Path
+    occupancy: Path | None  # ONet's points.npz
+    surface: Path | None  # ONet's pointcloud.npz
+    unread: list[str]  # names of the folder's other entries (img_choy2016 included)
 
     @property
     def object_id(self) -> str:
@@ -94,8 +114,9 @@ def import_dvr(
     *,
     categories: list[str] | None = None,
     input_views: bool = False,
+    ground_truth: OnetConfig | None = None,
     progress: bool | None = None,
-) -> Path:
+) -> tuple[Path, str]:
     """Convert DVR's ShapeNet layout under ``root`` into the HDF5 file ``out``.
 
     Args:
@@ -103,48 +124,145 @@ def import_dvr(
         out: output ``.h5`` path; written atomically (nothing appears there on error).
         categories: synset ids to import (default: all).
         input_views: also import each model's ``img_choy2016`` views as input views.
+        ground_truth: how much of ONet's ``points.npz`` / ``pointcloud.npz`` to keep (default
+            ``OnetConfig()``; counts of 0 skip that file).
         progress: show a progress bar (None: only on a terminal).
     Returns:
-        ``out`` as a Path.
+        ``out`` as a Path, and a one-line summary of what was read and what was not.
     Raises:
         UserError naming the offending file or folder for any problem with the input.
     """
     root = Path(root)
+    ground_truth = ground_truth or OnetConfig()
     models, skipped, missing = scan_dvr(root, categories)
-    if skipped:
-        print(
-            f"warning: {root}: skipped {skipped} model folder(s) not listed in any of "
-            f"{', '.join(s + '.lst' for s in SPLITS)}",
-            file=sys.stderr,
-        )
-    if missing:
-        print(
-            f"warning: {root}: {missing} model id(s) listed in .lst files have no folder",
-            file=sys.stderr,
-        )
-    has_depth = _depth_presence(models)
+    has_depth = _presence(models, "depths", "depth/ maps", "")
+    take_occ = ground_truth.occ_points > 0 and _presence(
+        models, "occupancy", OCCUPANCY_FILE, " (or --occ-points 0 to import none)"
+    )
+    take_surface = ground_truth.surface_points > 0 and _presence(
+        models, "surface", SURFACE_FILE, " (or --surface-points 0 to import none)"
+    )
+    names, named_by = category_names(root, sorted({m.synset for m in models}))
+    captions, captions_path = read_captions(root)
     height, width = image_size(models[0].images[0])
-    synsets = sorted({m.synset for m in models})
     info = {
         "importer": "dvr",
         "root": str(root.resolve()),
-        "synset_names": {s: SHAPENET_SYNSETS[s] for s in synsets if s in SHAPENET_SYNSETS},
+        "synset_names": names,
         "skipped_unlisted_models": skipped,
         "input_views": bool(input_views),
     }
+    if take_occ or take_surface:
+        info["ground_truth"] = {"source": "exact", "from": "onet", "seed": ground_truth.seed}
     first_image = models[0].images[0]
     input_size: tuple[tuple[int, int], Path] | None = None
     with MultiViewWriter(out, height, width, "dvr", has_depth=has_depth, info=info) as writer:
         bar = tqdm(
             models, desc="dvr", unit="obj", disable=None if progress is None else not progress
         )
-        for model in bar:
+        for row, model in enumerate(bar):
             rec = load_model(model, (height, width), first_image, has_depth)
+            rec.category = names[model.synset]
+            rec.captions = captions.get(model.object_id, [])
+            rng = np.random.default_rng([ground_truth.seed, row])
+            if take_occ:
+                path = model.occupancy
+                arrays = load_npz(path)
+                rec.occupancy = read_occupancy(
+                    arrays, path, ground_truth.occ_points, rec.scale_mat, rng
+                )
+            if take_surface:
+                path = model.surface
+                arrays = load_npz(path)
+                rec.surface = read_surface(
+                    arrays, path, ground_truth.surface_points, rec, "dvr", rng
+                )
             if input_views:
                 rec.input_views, input_size = _load_input_views(model, input_size)
             writer.add(rec)
         bar.close()
-    return Path(out)
+    summary = _summary(
+        models,
+        (height, width),
+        (named_by, len(names)),
+        caption_note(captions, captions_path, {m.object_id for m in models}),
+        has_depth,
+        (
+            ground_truth.occ_points if take_occ else 0,
+            ground_truth.surface_points if take_surface else 0,
+        ),
+        input_views,
+        (skipped, missing),
+    )
+    return Path(out), summary
+
+
+def category_names(root: Path, synsets: list[str]) -> tuple[dict[str, str], str]:
+    """synset id -> category name, and where the names came from (for the summary).
+
+    A synset's name is the first of ``metadata.yaml``'s comma-separated names for it, else the
+    ShapeNet class's name, else the id itself.
+    """
+    table = check_metadata(root) or {}
+    names = {}
+    for synset in synsets:
+        listed = str(table.get(synset, {}).get("name", "")).split(",")[0].strip()
+        names[synset] = listed or SHAPENET_SYNSETS.get(synset, synset)
+    clashes = [(a, b) for a in names for b in names if a < b and names[a] == names[b]]
+    if clashes:
+        a, b = clashes[0]
+        raise UserError(
+            f"{root / METADATA_FILE}: synsets {a} and {b} are both named {names[a]!r} "
+            "(categories need distinct names)"
+        )
+    listed = sum(1 for s in synsets if str(table.get(s, {}).get("name", "")).strip())
+    return names, f"{listed} named by {METADATA_FILE}" if listed else "named by synset"
+
+
+def _summary(
+    models: list[DvrModel],
+    size: tuple[int, int],
+    categories: tuple[str, int],
+    captions: str,
+    has_depth: bool,
+    samples: tuple[int, int],
+    input_views: bool,
+    dropped: tuple[int, int],
+) -> str:
+    """One line: what was read, and what was absent or not read."""
+    counts = {s: sum(m.split == s for m in models) for s in SPLITS}
+    views = sum(len(m.images) for m in models)
+    occ, surface = samples
+    truth = (
+        f"3D ground truth {occ} occupancy + {surface} surface points per object (ONet files)"
+        if occ or surface
+        else f"no 3D ground truth ({OCCUPANCY_FILE}/{SURFACE_FILE} absent or skipped; "
+        "iss3d data carve adds it from the masks)"
+    )
+    parts = [
+        f"read {len(models)} objects ({', '.join(f'{s} {n}' for s, n in counts.items())}) in "
+        f"{categories[1]} categories ({categories[0]})",
+        f"{views} views at {size[1]}x{size[0]}",
+        "depth" if has_depth else "no depth",
+        captions,
+        truth,
+    ]
+    if input_views:
+        parts.append(f"{INPUT_VIEWS_FOLDER} input views")
+    unread: dict[str, int] = {}
+    for m in models:
+        for name in m.unread:
+            if not (input_views and name == INPUT_VIEWS_FOLDER):
+                unread[name] = unread.get(name, 0) + 1
+    skipped, missing = dropped
+    if unread:
+        listed = ", ".join(f"{k} ({n} models)" for k, n in sorted(unread.items()))
+        parts.append(f"not imported: {listed}")
+    if skipped:
+        parts.append(f"skipped {skipped} model folders no .lst file lists")
+    if missing:
+        parts.append(f"{missing} ids listed in .lst files have no folder")
+    return "; ".join(parts)
 
 
 # -- scanning -----------------------------------------------------------------------------
@@ -159,7 +277,6 @@ def scan_dvr(root: Path, categories: list[str] | None = None) -> tuple[list[DvrM
         raise UserError(f"{root}: no such folder")
     if not root.is_dir():
         raise UserError(f"{root}: is not a folder (expected DVR's ShapeNet folder)")
-    check_metadata(root)
     synset_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if isinstance(categories, str):
         categories = [categories]
@@ -178,7 +295,7 @@ def scan_dvr(root: Path, categories: list[str] | None = None) -> tuple[list[DvrM
         model_dirs = sorted(
             p for p in synset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
-        splits = _read_split_lists(synset_dir)
+        splits = read_split_lists(synset_dir)
         if splits is not None:
             names = {p.name for p in model_dirs}
             missing += sum(1 for name in splits if name not in names)
@@ -200,8 +317,8 @@ def scan_dvr(root: Path, categories: list[str] | None = None) -> tuple[list[DvrM
 
 
 def check_metadata(root: Path) -> dict[Any, Any] | None:
-    """``ROOT/metadata.yaml`` (DVR's category table: synset id -> {id, name}), checked; None
-    when the folder has none.
+    """``ROOT/metadata.yaml`` (DVR's category table: synset id -> {id, name}, every scalar read
+    as text), checked; None when the folder has none.
 
     Raises:
         UserError naming the file: not a regular file (a FIFO is never opened), not UTF-8,
@@ -211,7 +328,7 @@ def check_metadata(root: Path) -> dict[Any, Any] | None:
     path = root / METADATA_FILE
     if not path.exists() and not path.is_symlink():
         return None
-    table = read_yaml(path, contents="synset ids to categories")
+    table = read_yaml(path, contents="synset ids to categories", loader=TextYamlLoader)
     for synset, entry in table.items():
         if not isinstance(entry, dict):
             raise UserError(
@@ -221,33 +338,6 @@ def check_metadata(root: Path) -> dict[Any, Any] | None:
         if not isinstance(entry.get("name", ""), str):
             raise UserError(f"{path}: entry {synset!r} has a name that is not text")
     return table
-
-
-def _read_split_lists(synset_dir: Path) -> dict[str, str] | None:
-    """model id -> split from the synset's .lst files; None when it has none."""
-    lists = [(s, synset_dir / f"{s}.lst") for s in SPLITS if (synset_dir / f"{s}.lst").exists()]
-    if not lists:
-        return None
-    assignment: dict[str, str] = {}
-    source: dict[str, Path] = {}
-    for split, path in lists:
-        input_file(path, "a split list (.lst)")  # a FIFO would block the read forever
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: cannot read split list ({err})") from None
-        for line in lines:
-            name = line.strip()
-            if not name:
-                continue
-            if name in assignment and assignment[name] != split:
-                raise UserError(
-                    f"{path}: model {name!r} is also listed in {source[name]} "
-                    "(a model belongs to one split)"
-                )
-            assignment[name] = split
-            source[name] = path
-    return assignment
 
 
 def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -282,7 +372,25 @@ def _scan_model(synset: str, folder: Path, split: str) -> DvrModel:
                     "in depth/"
                 )
             _check_same_stems(images, depths)
-    return DvrModel(synset, folder.name, folder, split, images, masks, depths, cameras)
+    occupancy, surface = (folder / name for name in (OCCUPANCY_FILE, SURFACE_FILE))
+    unread = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in folder.iterdir()
+        if p.name not in MODEL_ENTRIES and not p.name.startswith(".")
+    )
+    return DvrModel(
+        synset,
+        folder.name,
+        folder,
+        split,
+        images,
+        masks,
+        depths,
+        cameras,
+        occupancy if occupancy.exists() else None,
+        surface if surface.exists() else None,
+        unread,
+    )
 
 
 def _check_same_stems(images: list[Path], others: list[Path]) -> None:
@@ -293,16 +401,17 @@ def _check_same_stems(images: list[Path], others: list[Path]) -> None:
             )
 
 
-def _depth_presence(models: list[DvrModel]) -> bool:
-    with_depth = [m for m in models if m.depths is not None]
-    if not with_depth:
+def _presence(models: list[DvrModel], field: str, what: str, hint: str) -> bool:
+    """Whether every model has ``field`` (False when none has); UserError when only some do."""
+    having = [m for m in models if getattr(m, field) is not None]
+    if not having:
         return False
-    if len(with_depth) == len(models):
+    if len(having) == len(models):
         return True
-    without = next(m for m in models if m.depths is None)
+    without = next(m for m in models if getattr(m, field) is None)
     raise UserError(
-        f"{without.folder}: has no depth/ maps, but {with_depth[0].folder} has "
-        "(give depth for every model or for none)"
+        f"{without.folder}: has no {what}, but {having[0].folder} has "
+        f"(give it for every model or for none{hint})"
     )
 
 
@@ -403,12 +512,9 @@ def load_model(
         ]
     )
     scale = _scale_mat(arrays, model, n)
-    meta = {"synset": model.synset, "model": model.model}
-    if model.synset in SHAPENET_SYNSETS:
-        meta["category_name"] = SHAPENET_SYNSETS[model.synset]
     return ObjectRecord(
         object_id=model.object_id,
-        category=model.synset,
+        category=model.synset,  # import_dvr names it
         split=model.split,
         rgb=rgb,
         mask=np.stack(masks),
@@ -416,7 +522,7 @@ def load_model(
         world_mat=world,
         camera_mat=camera,
         scale_mat=scale,
-        meta=meta,
+        meta={"synset": model.synset, "model": model.model},
     )
 
 

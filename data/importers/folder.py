@@ -29,7 +29,6 @@ example are in docs/FORMAT.md ("Importing your own renders").
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -42,6 +41,7 @@ from iss3d.core.errors import UserError
 from iss3d.core.paths import input_file
 from iss3d.data.cameras import is_valid_matrix
 from iss3d.data.images import composite_over_white, read_image, read_mask
+from iss3d.data.importers.common import caption_note, check_captions, read_captions, read_json
 from iss3d.data.records import SPLITS, ObjectRecord
 from iss3d.data.writer import MultiViewWriter
 
@@ -67,13 +67,8 @@ def pixel_intrinsics_to_camera_mat(k: np.ndarray, height: int, width: int) -> np
 def read_cameras_json(root: Path) -> dict[str, Any]:
     """``root/cameras.json`` parsed and checked for shape (one-line UserError naming the
     file and the entry at fault)."""
-    path = input_file(root / CAMERAS_FILE, f"a {CAMERAS_FILE}")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to be a cameras file") from None
+    path = root / CAMERAS_FILE
+    spec = read_json(path, f"a {CAMERAS_FILE}")
     if not isinstance(spec, dict) or not isinstance(spec.get("frames"), list):
         raise UserError(f"{path}: needs a 'frames' list")
     convention = spec.get("convention", "opencv")
@@ -122,9 +117,7 @@ def _object_facts(objects: dict, name: str, path: Path) -> dict[str, Any]:
     split = facts.get("split", "train")
     if split not in SPLITS:
         raise UserError(f"{where}: split must be one of {SPLITS}, got {split!r}")
-    captions = facts.get("captions", [])
-    if not isinstance(captions, list) or not all(isinstance(c, str) and c for c in captions):
-        raise UserError(f"{where}: captions must be a list of non-empty strings")
+    captions = check_captions(facts.get("captions", []), where)
     scale = np.eye(4)
     if "object_to_world" in facts:
         scale = _matrix(facts["object_to_world"], ((4, 4),), f"{where} object_to_world")
@@ -174,7 +167,7 @@ def import_folder(
     if unknown:
         raise UserError(f"{path}: objects[{unknown[0]!r}] has no frames")
     height = width = None
-    captions = 0
+    captions, captions_path = read_captions(root)  # added to cameras.json's own
     with MultiViewWriter(out, *_first_size(root, spec["frames"][0], path), "center", False) as w:
         height, width = w.height, w.width
         for name, frames in tqdm(
@@ -198,7 +191,7 @@ def import_folder(
                     raise UserError(f"{where} K: needs fx, fy > 0 and K[2][2] = 1")
                 world = _world_to_camera(frame, convention, where)
                 views.append((rgb, mask, world, pixel_intrinsics_to_camera_mat(k, height, width)))
-            captions += len(facts["captions"])
+            captions[name] = facts["captions"] + captions.get(name, [])
             w.add(
                 ObjectRecord(
                     object_id=name,
@@ -209,12 +202,13 @@ def import_folder(
                     world_mat=np.stack([v[2] for v in views]).astype(np.float32),
                     camera_mat=np.stack([v[3] for v in views]).astype(np.float32),
                     scale_mat=facts["scale"].astype(np.float32),
-                    captions=facts["captions"],
+                    captions=captions[name],
                 )
             )
+    note = caption_note(captions, captions_path or path, set(by_object))
     summary = (
         f"read {len(by_object)} objects, {len(spec['frames'])} views at {width}x{height} "
-        f"({convention} cameras), {captions} captions; no depth, no 3D ground truth "
+        f"({convention} cameras); {note}; no depth; no 3D ground truth "
         "(iss3d data carve adds it from the masks)"
     )
     return Path(out), summary

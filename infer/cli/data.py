@@ -62,6 +62,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--input-views", action="store_true", help="also import img_choy2016 input views"
     )
+    p.add_argument(
+        "--occ-points",
+        type=int,
+        default=16384,
+        help="occupancy points kept per object from ONet's points.npz (default 16384; 0: none)",
+    )
+    p.add_argument(
+        "--surface-points",
+        type=int,
+        default=4096,
+        help="surface points kept per object from pointcloud.npz (default 4096; 0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of those subsets (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_import_dvr)
 
     p = sub.add_parser(
@@ -92,18 +106,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_carve)
 
     p = sub.add_parser("import-blender", help="import NeRF 'Blender' scenes (transforms_*.json)")
-    p.add_argument("root", type=Path, help="a scene folder, or a folder of scene folders")
+    p.add_argument(
+        "root",
+        type=Path,
+        help="a scene folder, a folder of scene folders, or of category folders of them",
+    )
     p.add_argument("--out", required=True, type=Path, help="output .h5 file")
     p.add_argument(
         "--splits", default="train,val,test", help="transforms files to read (default all)"
     )
-    p.add_argument("--object-split", default="train", choices=["train", "val", "test"])
+    p.add_argument(
+        "--object-split",
+        default="train",
+        choices=["train", "val", "test"],
+        help="split of scenes no train/val/test.lst file lists (default train)",
+    )
     p.add_argument(
         "--bound", type=float, default=1.5, help="scene half-size in world units (default 1.5)"
     )
     p.add_argument(
-        "--category", default=None, help="category of every scene (default: folder name)"
+        "--category",
+        default=None,
+        help="category of every scene (default: its category folder, else its own name)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_import_blender)
 
 
@@ -176,10 +202,22 @@ def _sheet(args) -> int:
 
 def _import_dvr(args) -> int:
     from iss3d.data.importers.dvr import import_dvr
+    from iss3d.data.importers.onet import OnetConfig
+    from iss3d.infer.limits import check_range
 
+    check_range("--occ-points", args.occ_points, 0, 10**6)
+    check_range("--surface-points", args.surface_points, 0, 10**6)
+    check_range("--seed", args.seed, 0)
     categories = args.categories.split(",") if args.categories else None
-    out = import_dvr(args.root, args.out, categories=categories, input_views=args.input_views)
-    print(f"wrote {out}")
+    out, summary = import_dvr(
+        args.root,
+        args.out,
+        categories=categories,
+        input_views=args.input_views,
+        ground_truth=OnetConfig(args.occ_points, args.surface_points, args.seed),
+        progress=False if args.no_progress else None,
+    )
+    print(f"wrote {out}: {summary}")
     return 0
 
 
@@ -192,17 +230,14 @@ def _import_folder(args) -> int:
 
 
 def _carve(args) -> int:
-    from iss3d.core.errors import UserError
     from iss3d.core.paths import input_file
     from iss3d.data.carve import CarveConfig, carve_file
+    from iss3d.infer.limits import check_range
 
-    limits = {"--grid": (args.grid, 256), "--occ-points": (args.occ_points, 10**6)}
-    limits["--surface-points"] = (args.surface_points, 10**6)
-    for flag, (value, most) in limits.items():
-        if value > most:
-            raise UserError(f"{flag} {value}: at most {most}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    check_range("--grid", args.grid, 16, 256)
+    check_range("--occ-points", args.occ_points, 1, 10**6)
+    check_range("--surface-points", args.surface_points, 1, 10**6)
+    check_range("--seed", args.seed, 0)
     cfg = CarveConfig(
         grid=args.grid,
         occ_uniform=args.occ_points,
@@ -221,13 +256,14 @@ def _import_blender(args) -> int:
     from iss3d.data.importers.blender import import_blender
 
     splits = tuple(s for s in args.splits.split(",") if s)
-    out = import_blender(
+    out, summary = import_blender(
         args.root,
         args.out,
         splits=splits,
         object_split=args.object_split,
         bound=args.bound,
         category=args.category,
+        progress=False if args.no_progress else None,
     )
-    print(f"wrote {out}")
+    print(f"wrote {out}: {summary}")
     return 0

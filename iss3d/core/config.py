@@ -43,6 +43,7 @@ CONFIG_DIR = config_dir()
 __all__ = [
     "CONFIG_DIR",
     "StrictConfig",
+    "TextYamlLoader",
     "YamlLoader",
     "apply_overrides",
     "find_config",
@@ -266,6 +267,14 @@ YamlLoader.add_implicit_resolver(
 )
 
 
+class TextYamlLoader(YamlLoader):
+    """:class:`YamlLoader` that reads every plain scalar as text: for tables keyed by ids such
+    as ShapeNet's synsets, which YAML 1.1 would read as octal numbers (``03001627``)."""
+
+
+TextYamlLoader.yaml_implicit_resolvers = {}
+
+
 def find_config(spec: str | os.PathLike) -> Path:
     """The YAML file a config argument names: a path, or a name under ``configs/``.
 
@@ -288,9 +297,14 @@ def find_config(spec: str | os.PathLike) -> Path:
     raise UserError(f"config {str(spec)!r}: no such file (looked for {path} and {candidates[0]})")
 
 
-def read_yaml(path: str | os.PathLike, contents: str = "config sections") -> dict[str, Any]:
+def read_yaml(
+    path: str | os.PathLike,
+    contents: str = "config sections",
+    loader: type[yaml.SafeLoader] | None = None,
+) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (an empty file gives {}); ``contents``: what
-    the mapping holds, for the error when it is not one.
+    the mapping holds, for the error when it is not one; ``loader``: a subclass of
+    :class:`YamlLoader` (default: that one).
 
     Raises:
         UserError: unreadable, invalid YAML (with the line), or not a mapping.
@@ -303,7 +317,7 @@ def read_yaml(path: str | os.PathLike, contents: str = "config sections") -> dic
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
-        data = yaml.load(text, Loader=YamlLoader)
+        data = yaml.load(text, Loader=loader or YamlLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

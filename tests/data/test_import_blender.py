@@ -46,7 +46,7 @@ def imported(objects, tmp_path_factory):
     """All scenes, all three splits, imported once: (objects by id, file path)."""
     base = tmp_path_factory.mktemp("blender")
     write_blender_layout(base / "scenes", objects, bound=BOUND)
-    path = import_blender(base / "scenes", base / "blender.h5", bound=BOUND, progress=False)
+    path, _ = import_blender(base / "scenes", base / "blender.h5", bound=BOUND, progress=False)
     return {o.record.object_id: o for o in objects}, path
 
 

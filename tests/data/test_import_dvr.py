@@ -49,7 +49,7 @@ def imported(objects, tmp_path_factory):
     """The full fixture (depth, split lists, input views) imported once: (models, file path)."""
     base = tmp_path_factory.mktemp("dvr")
     models = write_dvr_layout(base / "ShapeNet", objects, input_views=True)
-    path = import_dvr(base / "ShapeNet", base / "dvr.h5", input_views=True, progress=False)
+    path, _ = import_dvr(base / "ShapeNet", base / "dvr.h5", input_views=True, progress=False)
     return models, path
 
 
@@ -70,9 +70,9 @@ def test_round_trip_pixels_masks_depth_cameras(imported):
             obj = _row(f, m.object_id)
             rec = f.read_object(obj)
             src, dvr = m.obj.record, m.obj.dvr
-            assert rec.category == m.synset
+            assert rec.category == SHAPENET_SYNSETS[m.synset]  # named, the id kept in meta
+            assert rec.meta["synset"] == m.synset
             assert rec.split == m.split
-            assert rec.meta["category_name"] == SHAPENET_SYNSETS[m.synset]
             np.testing.assert_array_equal(rec.rgb, dvr.rgb)
             np.testing.assert_array_equal(rec.mask, dvr.mask)
             on = dvr.mask
@@ -144,10 +144,10 @@ def test_pixel_convention_matches_the_data(imported):
 
 
 # -- splits, categories, depth ------------------------------------------------------------
-def test_unlisted_models_are_skipped_with_a_warning(objects, tmp_path, out, capsys):
+def test_unlisted_models_are_skipped_and_said(objects, tmp_path, out):
     write_dvr_layout(tmp_path / "root", objects[:2], unlisted=True)
-    import_dvr(tmp_path / "root", out, progress=False)
-    assert "skipped 1 model" in capsys.readouterr().err
+    _, summary = import_dvr(tmp_path / "root", out, progress=False)
+    assert "skipped 1 model folders no .lst file lists" in summary
     with MultiViewFile(out) as f:
         assert "unlisted-model" not in " ".join(f.object_ids)
         assert f.num_objects == 2
@@ -166,7 +166,7 @@ def test_categories_filter(objects, tmp_path, out):
     import_dvr(tmp_path / "root", out, categories=[DVR_SYNSETS[1]], progress=False)
     with MultiViewFile(out) as f:
         assert list(f.object_ids) == [m.object_id for m in models if m.synset == DVR_SYNSETS[1]]
-        assert set(f.categories) == {DVR_SYNSETS[1]}
+        assert set(f.categories) == {SHAPENET_SYNSETS[DVR_SYNSETS[1]]}
 
 
 def test_background_and_invalid_depth_become_inf(objects, tmp_path, out):
@@ -396,7 +396,7 @@ def test_a_valid_metadata_file_is_accepted(objects, tmp_path, out):
     root = tmp_path / "ShapeNet"
     write_dvr_layout(root, objects[:1], depth=False)
     (root / "metadata.yaml").write_text("02691156:\n  id: 02691156\n  name: airplane\n")
-    assert import_dvr(root, out, progress=False) == out
+    assert import_dvr(root, out, progress=False)[0] == out
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
