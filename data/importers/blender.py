@@ -80,7 +80,7 @@ def import_blender(
     root: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    splits: tuple[str, ...] | list[str] = ("train", "val", "test"),
+    splits: tuple[str, ...] | list[str] | None = None,
     object_split: str = "train",
     bound: float = 1.5,
     category: str | None = None,
@@ -91,7 +91,8 @@ def import_blender(
     Args:
         root: a scene folder (with ``transforms_<split>.json``) or a folder of scene folders.
         out: output ``.h5`` path; written atomically (nothing appears there on error).
-        splits: which transforms files to read; their views are merged into one object.
+        splits: which transforms files to read (each must exist); their views are merged
+            into one object. None: every ``transforms_{train,val,test}.json`` a scene has.
         object_split: the dataset split ("train", "val" or "test") of objects no .lst file
             places.
         bound: the scene lies in [-bound, bound]^3 (world units of the transforms files).
@@ -104,11 +105,12 @@ def import_blender(
         UserError naming the offending file or argument for any problem with the input.
     """
     root = Path(root)
-    splits = tuple(splits)
-    if not splits or any(not isinstance(s, str) or not s for s in splits):
-        raise UserError(f"splits (--splits) must be non-empty names, got {list(splits)!r}")
-    if len(set(splits)) != len(splits):
-        raise UserError(f"splits (--splits) has repeated names: {list(splits)!r}")
+    if splits is not None:
+        splits = tuple(splits)
+        if not splits or any(not isinstance(s, str) or not s for s in splits):
+            raise UserError(f"splits (--splits) must be non-empty names, got {list(splits)!r}")
+        if len(set(splits)) != len(splits):
+            raise UserError(f"splits (--splits) has repeated names: {list(splits)!r}")
     if object_split not in SPLITS:
         raise UserError(f"object split (--object-split) {object_split!r} is not one of {SPLITS}")
     if not (isinstance(bound, int | float) and math.isfinite(bound) and bound > 0):
@@ -126,7 +128,7 @@ def import_blender(
     info = {
         "importer": "nerf-blender",
         "root": str(root.resolve()),
-        "splits": list(splits),
+        "splits": list(splits) if splits is not None else "present",
         "bound": float(bound),
     }
     with MultiViewWriter(out, height, width, "center", has_depth=False, info=info) as writer:
@@ -144,7 +146,7 @@ def import_blender(
     parts = [
         f"read {len(scenes)} objects ({counts}) in {categories} categories",
         f"{sum(len(s.frames) for s in scenes)} views at {width}x{height} (transforms "
-        f"{', '.join(splits)})",
+        f"{', '.join(sorted({name for s in scenes for name, _ in s.view_splits}))})",
         "no depth",
         caption_note(captions, captions_path, {s.object_id for s in scenes}),
         "no 3D ground truth (iss3d data carve adds it from the masks)",
@@ -175,9 +177,10 @@ def _is_scene(folder: Path) -> bool:
     return any(p.is_file() for p in folder.glob("transforms_*.json"))
 
 
-def scan_blender(root: Path, splits: tuple[str, ...]) -> tuple[list[BlenderScene], int]:
+def scan_blender(root: Path, splits: tuple[str, ...] | None) -> tuple[list[BlenderScene], int]:
     """Find the scenes under ``root`` (itself, its subfolders, or those of its category
-    folders) and read (and check) all their transforms files.
+    folders) and read (and check) their transforms files: ``splits``' (each must exist), or
+    (None) every ``transforms_{train,val,test}.json`` a scene has.
 
     Returns:
         the scenes (by category, then name) and how many scene folders no .lst file listed.
@@ -202,7 +205,13 @@ def scan_blender(root: Path, splits: tuple[str, ...]) -> tuple[list[BlenderScene
             "in theirs)"
         )
     for scene in found:
-        for split in splits:
+        present = [s for s in SPLITS if (scene.folder / f"transforms_{s}.json").is_file()]
+        if splits is None and not present:
+            raise UserError(
+                f"{scene.folder}: no transforms_train/val/test.json (name the files to read "
+                "with --splits)"
+            )
+        for split in splits if splits is not None else present:
             frames = read_transforms(scene.folder / f"transforms_{split}.json", split)
             scene.frames.extend(frames)
             scene.view_splits.append((split, len(frames)))

@@ -113,7 +113,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output .h5 file")
     p.add_argument(
-        "--splits", default="train,val,test", help="transforms files to read (default all)"
+        "--splits",
+        default=None,
+        help="transforms files to read, e.g. train,test (default: every "
+        "transforms_{train,val,test}.json a scene has)",
     )
     p.add_argument(
         "--object-split",
@@ -255,7 +258,7 @@ def _carve(args) -> int:
 def _import_blender(args) -> int:
     from iss3d.data.importers.blender import import_blender
 
-    splits = tuple(s for s in args.splits.split(",") if s)
+    splits = tuple(s for s in args.splits.split(",") if s) if args.splits is not None else None
     out, summary = import_blender(
         args.root,
         args.out,

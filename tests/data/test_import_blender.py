@@ -202,7 +202,7 @@ def no_scenes(root, scenes):
 @bad_input
 def missing_transforms_file(root, scenes):
     (scenes[1] / "transforms_val.json").unlink()
-    return {}, [scenes[1] / "transforms_val.json", "missing"]
+    return {"splits": ("train", "val", "test")}, [scenes[1] / "transforms_val.json", "missing"]
 
 
 @bad_input

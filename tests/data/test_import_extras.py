@@ -215,3 +215,21 @@ def test_blender_category_folders_and_split_lists(objects, tmp_path):
         assert [list(c) for c in f.captions] == [["x"], []]
     assert "read 2 objects (train 1, test 1) in 2 categories" in summary
     assert "skipped 1 scene folders no .lst file lists" in summary
+
+
+def test_blender_reads_the_transforms_files_a_scene_has(objects, tmp_path):
+    folders = write_blender_layout(tmp_path / "scenes", objects[:2])
+    (folders[1] / "transforms_test.json").unlink()
+    out = tmp_path / "b.h5"
+    import_blender(tmp_path / "scenes", out, progress=False)
+    with MultiViewFile(out) as f:
+        assert [len(f.views_of(o)) for o in range(2)] == [6, 5]  # 3 + 2 + 1, and no test view
+    for name in ("train", "val"):
+        (folders[1] / f"transforms_{name}.json").rename(folders[1] / f"transforms_{name}.bak")
+    (folders[1] / "transforms_extra.json").write_text("{}")
+    message = assert_fails_cleanly(
+        lambda: import_blender(tmp_path / "scenes", tmp_path / "none" / "b.h5", progress=False),
+        tmp_path / "none" / "b.h5",
+        folders[1],
+    )
+    assert "--splits" in message

@@ -9,9 +9,17 @@ import json
 import numpy as np
 import pytest
 
+from iss3d.data.reader import MultiViewFile
 from iss3d.infer.cli import main
 from tests.fixtures.cli import error_line
-from tests.fixtures.primitives import COLOURS, KINDS, random_primitive, write_folder
+from tests.fixtures.primitives import (
+    COLOURS,
+    KINDS,
+    random_primitive,
+    write_blender,
+    write_dvr,
+    write_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +82,29 @@ def test_a_filled_folder_is_not_overwritten(renders, tmp_path, capsys):
     assert main(["fit", "all", "--data", str(renders), "--out", str(out), *TINY]) == 2
     assert "exists and is not empty" in error_line(capsys)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("layout", ["dvr", "blender"])
+def test_fit_all_from_dvr_and_blender_layouts(layout, tmp_path, capsys):
+    """Each layout, imported with its captions.json, category names and split lists, goes
+    through the whole chain (carve, SVR, stand-in CLIP on the captions, stage 1)."""
+    rng = np.random.default_rng(1)
+    colours = list(COLOURS)
+    prims = [random_primitive(rng, KINDS[i % 4], colours[i // 4]) for i in range(8)]
+    root = (write_dvr if layout == "dvr" else write_blender)(tmp_path / layout, prims, 4, 32)
+    data = tmp_path / f"{layout}.h5"
+    extra = ["--bound", "0.5"] if layout == "blender" else []
+    command = ["data", f"import-{layout}", str(root), "--out", str(data), "--no-progress"]
+    assert main([*command, *extra]) == 0
+    printed = capsys.readouterr().out
+    assert "read 8 objects (train 6, val 1, test 1) in 4 categories" in printed
+    assert "16 captions for 8 of 8 objects (captions.json)" in printed
+    with MultiViewFile(data) as f:
+        assert sorted(set(f.categories)) == sorted(KINDS)
+    out = tmp_path / "run"
+    assert main(["fit", "all", "--data", str(data), "--out", str(out), *TINY]) == 0
+    assert "next: iss3d generate" in capsys.readouterr().out
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["ground_truth"] == "visual_hull" and plan["train_clip"] is True
+    evaluation = json.loads((out / "summary.json").read_text())["evaluation"]
+    assert 0 <= evaluation["svr"]["iou"] <= 1 and evaluation["clip"]["classes"] == 8
