@@ -90,6 +90,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_import_folder)
 
     p = sub.add_parser(
+        "export-folder",
+        help="write a dataset file as the folder layout import-folder reads",
+        description="Write FILE's views as RGBA PNGs (alpha: the mask) with a cameras.json "
+        "(OpenCV cameras, pixel intrinsics, categories, splits, captions) into a new folder.",
+    )
+    p.add_argument("file", type=Path, help="a dataset file (.h5)")
+    p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_export_folder)
+
+    p = sub.add_parser(
         "carve",
         help="add 3D ground truth carved from the masks (a visual hull) to a file without it",
     )
@@ -228,6 +239,16 @@ def _import_folder(args) -> int:
     from iss3d.data.importers.folder import import_folder
 
     out, summary = import_folder(args.root, args.out, False if args.no_progress else None)
+    print(f"wrote {out}: {summary}")
+    return 0
+
+
+def _export_folder(args) -> int:
+    from iss3d.core.paths import input_file
+    from iss3d.data.export_folder import export_folder
+
+    src = input_file(args.file, "a dataset file (.h5)")
+    out, summary = export_folder(src, args.out, False if args.no_progress else None)
     print(f"wrote {out}: {summary}")
     return 0
 
