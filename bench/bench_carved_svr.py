@@ -7,8 +7,9 @@ once with occupancy and surface samples carved from its masks (24 views). ``svr/
 on each with the same seed and the same number of steps (4200: about 0.37 s per step in float32
 on the 2-core CPU machine, validation included, so under 30 minutes each), then both are
 scored on the test split against the *exact* occupancy (``iss3d eval svr``'s volumetric IoU at
-8,192 uniform points per object) and on held-out view masks. The hull itself is scored against the exact solid on the same test objects (its IoU
-bounds what carved supervision can teach).
+8,192 uniform points per object) and on held-out view masks. The hull itself is scored
+against the exact solid on the same test objects (its IoU bounds what carved supervision can
+teach).
 
 Run: ``python -m bench.bench_carved_svr [--quick] [--steps N]`` (quick: 24 objects x 8 views,
 60 steps, results in bench/results/tmp/). Target: the carved run's IoU at least 0.9 of the
