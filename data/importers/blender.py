@@ -174,7 +174,7 @@ def unread_images(scene: BlenderScene) -> list[Path]:
 
 # -- scanning -----------------------------------------------------------------------------
 def _is_scene(folder: Path) -> bool:
-    return any(p.is_file() for p in folder.glob("transforms_*.json"))
+    return any(not p.is_dir() for p in folder.glob("transforms_*.json"))
 
 
 def scan_blender(root: Path, splits: tuple[str, ...] | None) -> tuple[list[BlenderScene], int]:
@@ -205,7 +205,7 @@ def scan_blender(root: Path, splits: tuple[str, ...] | None) -> tuple[list[Blend
             "in theirs)"
         )
     for scene in found:
-        present = [s for s in SPLITS if (scene.folder / f"transforms_{s}.json").is_file()]
+        present = [s for s in SPLITS if _exists(scene.folder / f"transforms_{s}.json")]
         if splits is None and not present:
             raise UserError(
                 f"{scene.folder}: no transforms_train/val/test.json (name the files to read "
@@ -216,6 +216,11 @@ def scan_blender(root: Path, splits: tuple[str, ...] | None) -> tuple[list[Blend
             scene.frames.extend(frames)
             scene.view_splits.append((split, len(frames)))
     return found, skipped
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything (a file, a FIFO, a broken link) has the name ``path``."""
+    return path.exists() or path.is_symlink()
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -240,9 +245,9 @@ def _scenes_in(folder: Path, category: str | None) -> tuple[list[BlenderScene], 
 
 def read_transforms(path: Path, split: str) -> list[BlenderFrame]:
     """Parse and check one ``transforms_<split>.json``; image files must exist."""
-    if not path.is_file():
+    if not _exists(path):
         raise UserError(f"{path}: missing (split {split!r} was requested)")
-    data = read_json(path, "a transforms file")
+    data = read_json(path, "a transforms file")  # refuses a folder or a FIFO in its place
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object with camera_angle_x and frames")
     angle = data.get("camera_angle_x")

@@ -5,6 +5,7 @@ the summary line of what was read and what was not."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -233,3 +234,13 @@ def test_blender_reads_the_transforms_files_a_scene_has(objects, tmp_path):
         folders[1],
     )
     assert "--splits" in message
+
+
+def test_blender_refuses_a_fifo_in_place_of_a_transforms_file(objects, tmp_path):
+    """Reading the files a scene has must not skip (or open) one that is not a regular file."""
+    folders = write_blender_layout(tmp_path / "scenes", objects[:1])
+    (folders[0] / "transforms_train.json").unlink()
+    os.mkfifo(folders[0] / "transforms_train.json")
+    out = tmp_path / "none" / "b.h5"
+    call = lambda: import_blender(tmp_path / "scenes", out, progress=False)  # noqa: E731
+    assert_fails_cleanly(call, out, "transforms_train.json", "not a regular file")
