@@ -158,6 +158,9 @@ COMMANDS: dict[str, Command] = {
         Command("data carve", ("data", "carve", "<file>", "--out", "<out>", "--grid", "16",
                                "--occ-points", "64", "--surface-points", "64", "--no-progress"),
                 {"file": WORLD, "out": "{w}/c.h5"}, {"out": "file"}),
+        Command("data export-folder", ("data", "export-folder", "<file>", "--out", "<out>",
+                                       "--no-progress"),
+                {"file": WORLD, "out": "{w}/renders"}, {"out": "folder"}),
         Command("data import-dvr", ("data", "import-dvr", "<root>", "--out", "<out>"),
                 {"root": "{fx}/dvr", "out": "{w}/d.h5"}, {"out": "file"}),
         Command("data import-blender", ("data", "import-blender", "<root>", "--out", "<out>"),
@@ -388,6 +391,11 @@ def data_cases() -> Iterator[Case]:
             **rotate(CAMERAS_NONFINITE, 1, "carve"),
             **masks,
         },
+    )
+    yield from file_cases(
+        "data export-folder",
+        "file",
+        {**rotate(GENERIC, 2, "export"), **rotate(HDF5_WRONG, 1, "export"), **images},
     )
     ground_truth = pick(HDF5_DAMAGED, "view-offset-range")  # eval/ is optional here too
     yield from file_cases(
@@ -749,7 +757,7 @@ def output_table(
 
 
 #: Commands that fail fast (no model imports): they get every bad output location.
-CHEAP_OUTPUTS = ("data synth", "gallery", "data import-dvr", "data carve")
+CHEAP_OUTPUTS = ("data synth", "gallery", "data import-dvr", "data carve", "data export-folder")
 
 
 def output_cases() -> Iterator[Case]:
