@@ -180,15 +180,7 @@ def build_folder_variants(fx: Path) -> None:
     Image.new("L", (8, 8), 255).save(fx / "folder" / "obj0" / "small_mask.png")
     texts = folder_texts(good)
     assert tuple(texts) == FOLDER_KINDS, tuple(texts)
-    for name, content in texts.items():
-        root = fx / f"folder-{name}"
-        shutil.copytree(fx / "folder", root)
-        path = root / "cameras.json"
-        path.unlink()
-        if content is None:
-            os.mkfifo(path)
-        else:
-            path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    build_variants(fx, "folder", "cameras.json", texts)
 
 
 #: Which of the first object's views go into which transforms file of the Blender scene.
@@ -487,6 +479,15 @@ def build_dvr_variants(fx: Path) -> None:
         edit(root, fx)
 
 
+def build_variants(fx: Path, layout: str, rel: str, texts: dict[str, str | bytes | None]) -> None:
+    """``fx/<layout>-<name>``: a copy of ``fx/<layout>`` whose file ``rel`` holds ``texts[name]``
+    (None: a FIFO in its place)."""
+    for name, content in texts.items():
+        root = fx / f"{layout}-{name}"
+        shutil.copytree(fx / layout, root)
+        (_fifo(rel) if content is None else _write(rel, content))(root, fx)
+
+
 def _write(rel: str, content: str | bytes) -> Callable[[Path, Path], None]:
     def edit(root: Path, fx: Path) -> None:
         path = root / rel
@@ -585,15 +586,7 @@ def build_blender_variants(fx: Path) -> None:
     good = json.loads((fx / "blender" / "transforms_train.json").read_text())
     texts = blender_texts(good)
     assert tuple(texts) == BLENDER_KINDS, tuple(texts)
-    for name, content in texts.items():
-        scene = fx / f"blender-{name}"
-        shutil.copytree(fx / "blender", scene)
-        path = scene / "transforms_train.json"
-        path.unlink()
-        if content is None:
-            os.mkfifo(path)
-        else:
-            path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    build_variants(fx, "blender", "transforms_train.json", texts)
 
 
 def blender_texts(good: dict) -> dict[str, str | bytes | None]:

@@ -29,10 +29,13 @@ NAME = "carve"
 VIEWS = (3, 6, 12, 24)
 
 
-def hull_scores(file: MultiViewFile, views: int) -> dict[str, list[tuple[float, float]]]:
-    """(IoU, containment) of every object's ``views``-view hull, by category."""
+def hull_scores(
+    file: MultiViewFile, views: int | None, objects=None
+) -> dict[str, list[tuple[float, float]]]:
+    """(IoU, containment) of the ``views``-view hull (None: all views) of every object (or of
+    the rows ``objects``), by category."""
     scores: dict[str, list[tuple[float, float]]] = {}
-    for obj in range(file.num_objects):
+    for obj in range(file.num_objects) if objects is None else objects:
         rec = file.read_object(obj)
         occ = file.read_occupancy(obj)
         points, exact = occ.points[: occ.n_uniform], occ.inside[: occ.n_uniform]

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.bench_carve import hull_scores
 from bench.common import target, write_result
 from iss3d.core.config import load_config
-from iss3d.data.carve import CarveConfig, Hull, carve_file
+from iss3d.data.carve import CarveConfig, carve_file
 from iss3d.data.reader import MultiViewFile
 from iss3d.data.synth.build import SynthConfig, synthesize
 from iss3d.data.writer import MultiViewWriter
@@ -53,14 +54,9 @@ def without_depth(src: Path, out: Path) -> Path:
 
 def hull_iou(exact: Path, views: int | None, split: str) -> float:
     """Mean IoU of the carved hull against the exact solid at the uniform occupancy points."""
-    scores = []
     with MultiViewFile(exact) as f:
-        for obj in f.objects_in(split):
-            occ = f.read_occupancy(obj)
-            points, truth = occ.points[: occ.n_uniform], occ.inside[: occ.n_uniform]
-            hull = Hull(f.read_object(obj), f.pixel_convention, views).inside(points)
-            scores.append((hull & truth).sum() / max((hull | truth).sum(), 1))
-    return float(np.mean(scores))
+        scores = hull_scores(f, views, [int(o) for o in f.objects_in(split)])
+    return float(np.mean([iou for values in scores.values() for iou, _ in values]))
 
 
 def train(data: Path, run: Path, steps: int, seed: int) -> float:

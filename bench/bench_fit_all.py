@@ -79,10 +79,11 @@ def judged_colour(views: np.ndarray) -> str | None:
     return names[int(np.argmin(((ref - median) ** 2).sum(-1)))]
 
 
-def judged_kind(decoder, latent: torch.Tensor, solids: np.ndarray, kinds: list[str]) -> str:
-    """The kind of the training solid (rows of (O, P) bool ``solids`` at the lattice) nearest
-    in IoU to the decoder's shape at ``latent``."""
-    grid, _ = padded_grid(LATTICE)
+def judged_kind(
+    decoder, latent: torch.Tensor, grid: np.ndarray, solids: np.ndarray, kinds: list[str]
+) -> str:
+    """The kind of the training solid (rows of (O, P) bool ``solids`` at the (P, 3) points
+    ``grid``) nearest in IoU to the decoder's shape at ``latent``."""
     with torch.no_grad():
         inside = decoder.occupancy(torch.from_numpy(grid)[None], latent)[0].numpy() > 0
     union = (solids | inside).sum(-1).clip(1)
@@ -121,7 +122,9 @@ def judge(run: Path, prims: list) -> dict[str, float]:
             ("after", shape.views, shape.latent),
         ):
             hits[f"colour_{when}"] += judged_colour(views) == colour
-            hits[f"class_{when}"] += judged_kind(gen.model.decoder, latent, solids, kinds) == kind
+            hits[f"class_{when}"] += (
+                judged_kind(gen.model.decoder, latent, grid, solids, kinds) == kind
+            )
     figures = {key: value / len(prompts) for key, value in hits.items()}
     figures["s_per_prompt"] = (time.perf_counter() - start) / len(prompts)
     return figures

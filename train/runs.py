@@ -42,6 +42,7 @@ from pytorch_lightning.callbacks import Callback, WeightAveraging
 from iss3d.core.atomic import atomic_output, check_output_path
 from iss3d.core.config import read_yaml
 from iss3d.core.errors import UserError
+from iss3d.core.paths import name_taken
 
 #: Keys whose value may differ between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"trainer.max_steps"})
@@ -342,7 +343,7 @@ class RunDir:
         elif p.is_dir() and any(p.iterdir()):
             raise UserError(f"--resume: {p} has no {self.CONFIG}; is it a run folder?")
         last = self.last_checkpoint
-        if not (last.exists() or last.is_symlink()):
+        if not name_taken(last):
             return None
         check_resumable(last)
         return last

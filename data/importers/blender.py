@@ -39,14 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from iss3d.core.errors import UserError
+from iss3d.core.paths import name_taken, read_json
 from iss3d.data.cameras import focal_from_fov, intrinsics, is_valid_matrix
 from iss3d.data.images import composite_over_white, image_size, read_image
-from iss3d.data.importers.common import (
-    caption_note,
-    read_captions,
-    read_json,
-    read_split_lists,
-)
+from iss3d.data.importers.common import caption_note, read_captions, read_split_lists
 from iss3d.data.records import SPLITS, ObjectRecord
 from iss3d.data.writer import MultiViewWriter
 
@@ -135,14 +131,16 @@ def import_blender(
         bar = tqdm(
             scenes, desc="blender", unit="obj", disable=None if progress is None else not progress
         )
+        written = []  # (category, split) of each object
         for scene in bar:
             rec = load_scene(scene, (height, width), first, scale, object_split, category)
             rec.captions = captions.get(scene.object_id, [])
             writer.add(rec)
+            written.append((rec.category, rec.split))
         bar.close()
-    split_of = [scene.split or object_split for scene in scenes]
+    split_of = [split for _, split in written]
     counts = ", ".join(f"{s} {split_of.count(s)}" for s in SPLITS if s in split_of)
-    categories = len({category or scene.category or scene.name for scene in scenes})
+    categories = len({c for c, _ in written})
     parts = [
         f"read {len(scenes)} objects ({counts}) in {categories} categories",
         f"{sum(len(s.frames) for s in scenes)} views at {width}x{height} (transforms "
@@ -205,7 +203,7 @@ def scan_blender(root: Path, splits: tuple[str, ...] | None) -> tuple[list[Blend
             "in theirs)"
         )
     for scene in found:
-        present = [s for s in SPLITS if _exists(scene.folder / f"transforms_{s}.json")]
+        present = [s for s in SPLITS if name_taken(scene.folder / f"transforms_{s}.json")]
         if splits is None and not present:
             raise UserError(
                 f"{scene.folder}: no transforms_train/val/test.json (name the files to read "
@@ -216,11 +214,6 @@ def scan_blender(root: Path, splits: tuple[str, ...] | None) -> tuple[list[Blend
             scene.frames.extend(frames)
             scene.view_splits.append((split, len(frames)))
     return found, skipped
-
-
-def _exists(path: Path) -> bool:
-    """Whether anything (a file, a FIFO, a broken link) has the name ``path``."""
-    return path.exists() or path.is_symlink()
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -245,7 +238,7 @@ def _scenes_in(folder: Path, category: str | None) -> tuple[list[BlenderScene], 
 
 def read_transforms(path: Path, split: str) -> list[BlenderFrame]:
     """Parse and check one ``transforms_<split>.json``; image files must exist."""
-    if not _exists(path):
+    if not name_taken(path):
         raise UserError(f"{path}: missing (split {split!r} was requested)")
     data = read_json(path, "a transforms file")  # refuses a folder or a FIFO in its place
     if not isinstance(data, dict):

@@ -13,34 +13,17 @@ importer's summary line.
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 from iss3d.core.errors import UserError
-from iss3d.core.paths import input_file
+from iss3d.core.paths import input_file, name_taken, read_json
 from iss3d.data.records import SPLITS
 
 CAPTIONS_FILE = "captions.json"
 #: Longest caption accepted (characters); CLIP reads 77 tokens, so longer texts are noise.
 MAX_CAPTION = 1000
-
-
-def read_json(path: Path, what: str) -> Any:
-    """The parsed JSON of ``path`` (``what``: what it should be, for the error when it cannot
-    be read); UserError naming the file when it is missing, not a file, not UTF-8 or not JSON."""
-    path = input_file(path, what)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
-        ) from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to be {what}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({' '.join(str(err).split())})") from None
 
 
 def check_captions(value: Any, where: str) -> list[str]:
@@ -69,7 +52,7 @@ def read_captions(root: Path) -> tuple[dict[str, list[str]], Path | None]:
     """``root/captions.json`` checked: (object id -> captions, the file), or ({}, None) when the
     layout has none."""
     path = root / CAPTIONS_FILE
-    if not path.exists() and not path.is_symlink():
+    if not name_taken(path):
         return {}, None
     table = read_json(path, "a captions file (object id -> list of texts)")
     if not isinstance(table, dict):

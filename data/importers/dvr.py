@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from iss3d.core.config import TextYamlLoader, read_yaml
 from iss3d.core.errors import UserError
+from iss3d.core.paths import name_taken
 from iss3d.data.cameras import is_valid_matrix
 from iss3d.data.images import (
     DEPTH_BACKGROUND,
@@ -161,22 +162,15 @@ def import_dvr(
             models, desc="dvr", unit="obj", disable=None if progress is None else not progress
         )
         for row, model in enumerate(bar):
-            rec = load_model(model, (height, width), first_image, has_depth)
-            rec.category = names[model.synset]
+            rec = load_model(model, names[model.synset], (height, width), first_image, has_depth)
             rec.captions = captions.get(model.object_id, [])
             rng = np.random.default_rng([ground_truth.seed, row])
             if take_occ:
-                path = model.occupancy
-                arrays = load_npz(path)
-                rec.occupancy = read_occupancy(
-                    arrays, path, ground_truth.occ_points, rec.scale_mat, rng
-                )
+                occ, path = ground_truth.occ_points, model.occupancy
+                rec.occupancy = read_occupancy(load_npz(path), path, occ, rec.scale_mat, rng)
             if take_surface:
-                path = model.surface
-                arrays = load_npz(path)
-                rec.surface = read_surface(
-                    arrays, path, ground_truth.surface_points, rec, "dvr", rng
-                )
+                count, path = ground_truth.surface_points, model.surface
+                rec.surface = read_surface(load_npz(path), path, count, rec, "dvr", rng)
             if input_views:
                 rec.input_views, input_size = _load_input_views(model, input_size)
             writer.add(rec)
@@ -204,10 +198,8 @@ def category_names(root: Path, synsets: list[str]) -> tuple[dict[str, str], str]
     ShapeNet class's name, else the id itself.
     """
     table = check_metadata(root) or {}
-    names = {}
-    for synset in synsets:
-        listed = str(table.get(synset, {}).get("name", "")).split(",")[0].strip()
-        names[synset] = listed or SHAPENET_SYNSETS.get(synset, synset)
+    listed = {s: str(table.get(s, {}).get("name", "")).split(",")[0].strip() for s in synsets}
+    names = {s: listed[s] or SHAPENET_SYNSETS.get(s, s) for s in synsets}
     clashes = [(a, b) for a in names for b in names if a < b and names[a] == names[b]]
     if clashes:
         a, b = clashes[0]
@@ -215,8 +207,8 @@ def category_names(root: Path, synsets: list[str]) -> tuple[dict[str, str], str]
             f"{root / METADATA_FILE}: synsets {a} and {b} are both named {names[a]!r} "
             "(categories need distinct names)"
         )
-    listed = sum(1 for s in synsets if str(table.get(s, {}).get("name", "")).strip())
-    return names, f"{listed} named by {METADATA_FILE}" if listed else "named by synset"
+    named = sum(1 for name in listed.values() if name)
+    return names, f"{named} named by {METADATA_FILE}" if named else "named by synset"
 
 
 def _summary(
@@ -326,7 +318,7 @@ def check_metadata(root: Path) -> dict[Any, Any] | None:
             ``name`` (when given) is text.
     """
     path = root / METADATA_FILE
-    if not path.exists() and not path.is_symlink():
+    if not name_taken(path):
         return None
     table = read_yaml(path, contents="synset ids to categories", loader=TextYamlLoader)
     for synset, entry in table.items():
@@ -476,9 +468,9 @@ def _check_size(path: Path, got: tuple[int, ...], size: tuple[int, int], first: 
 
 
 def load_model(
-    model: DvrModel, size: tuple[int, int], first_image: Path, has_depth: bool
+    model: DvrModel, category: str, size: tuple[int, int], first_image: Path, has_depth: bool
 ) -> ObjectRecord:
-    """Read one model's views, masks, depth and cameras into an ObjectRecord."""
+    """Read one model's views, masks, depth and cameras into an ObjectRecord of ``category``."""
     n = len(model.images)
     rgb = np.stack([_read_view_image(p, size, first_image) for p in model.images])
     masks = []
@@ -514,7 +506,7 @@ def load_model(
     scale = _scale_mat(arrays, model, n)
     return ObjectRecord(
         object_id=model.object_id,
-        category=model.synset,  # import_dvr names it
+        category=category,
         split=model.split,
         rgb=rgb,
         mask=np.stack(masks),

@@ -38,10 +38,10 @@ import numpy as np
 from tqdm import tqdm
 
 from iss3d.core.errors import UserError
-from iss3d.core.paths import input_file
+from iss3d.core.paths import input_file, read_json
 from iss3d.data.cameras import is_valid_matrix
 from iss3d.data.images import composite_over_white, read_image, read_mask
-from iss3d.data.importers.common import caption_note, check_captions, read_captions, read_json
+from iss3d.data.importers.common import caption_note, check_captions, read_captions
 from iss3d.data.records import SPLITS, ObjectRecord
 from iss3d.data.writer import MultiViewWriter
 

@@ -25,7 +25,7 @@ import numpy as np
 from iss3d.core.errors import UserError
 from iss3d.data.carve import CarveConfig, Hull
 from iss3d.data.records import ObjectRecord, OccupancySamples, SurfaceSamples
-from iss3d.data.samples import padded_grid
+from iss3d.data.samples import PADDED_HALF
 
 OCCUPANCY_FILE = "points.npz"
 SURFACE_FILE = "pointcloud.npz"
@@ -125,6 +125,6 @@ def read_surface(
     if (length < 1e-12).any():
         raise UserError(f"{path}: normals holds zero vectors")
     turned = (turned / length).astype(np.float32)
-    _, spacing = padded_grid(CarveConfig().grid)
+    spacing = 2 * PADDED_HALF / (CarveConfig.grid - 1)  # carve's default lattice spacing
     colours = Hull(rec, pixel_convention).colours(local, turned, spacing)
     return SurfaceSamples(points=local, normals=turned, colors=colours)

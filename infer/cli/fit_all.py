@@ -64,9 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    import json
-
     from iss3d.core.atomic import json_text, write_json
+    from iss3d.core.paths import read_json
 
     start = time.perf_counter()
     out: Path = args.out
@@ -78,10 +77,7 @@ def run_all(args: argparse.Namespace) -> int:
     if args.resume:
         if not plan_path.is_file():
             raise UserError(f"--resume: {out} has no {PLAN}; is it an `iss3d fit all` folder?")
-        try:
-            plan = json.loads(plan_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{plan_path}: unreadable ({err})") from None
+        plan = read_json(plan_path, f"the {PLAN} of an `iss3d fit all` run")
     else:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out}: exists and is not empty (add --resume, or another --out)")
